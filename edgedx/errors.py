@@ -1,0 +1,53 @@
+"""Errors the user can act on, each with its documented exit code.
+
+Exit codes (see README.md):
+    0  every input got a result
+    1  at least one input failed (the others still got results)
+    2  usage error (bad option, missing argument)
+    3  the requested backend cannot run here (not installed, no CUDA device)
+    4  the model is bad (unreadable, not what its extension says, invalid manifest)
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_INPUT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_BACKEND_UNAVAILABLE = 3
+EXIT_BAD_MODEL = 4
+
+
+class EdgedxError(Exception):
+    """Base of every error edgedx raises on purpose; its message is one line for the user."""
+
+    exit_code: int = EXIT_INPUT_FAILED
+
+
+class InputError(EdgedxError):
+    """One input file cannot be read, decoded or preprocessed; it gets an error record."""
+
+    exit_code = EXIT_INPUT_FAILED
+
+
+class UsageError(EdgedxError):
+    """The command line or API call is inconsistent."""
+
+    exit_code = EXIT_USAGE
+
+
+class BackendUnavailable(EdgedxError):
+    """The requested backend (or its hardware) is not available on this machine."""
+
+    exit_code = EXIT_BACKEND_UNAVAILABLE
+
+
+class ModelError(EdgedxError):
+    """The model file or its manifest is missing, malformed or inconsistent."""
+
+    exit_code = EXIT_BAD_MODEL
+
+
+class BackendError(EdgedxError):
+    """The backend failed while running a batch; that batch's inputs get error records."""
+
+    exit_code = EXIT_INPUT_FAILED

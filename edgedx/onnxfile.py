@@ -1,0 +1,87 @@
+"""Read an ONNX file's metadata without the ``onnx`` package or an inference session.
+
+An ONNX file is a protobuf ``ModelProto``. Its ``metadata_props`` (field 14) are
+``StringStringEntryProto`` messages (key = 1, value = 2). Walking the top-level fields and skipping
+the graph by its length prefix costs microseconds, so the manifest can be read (and a file that is
+not ONNX at all recognised) before any backend is loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgedx.errors import ModelError
+
+_METADATA_PROPS = 14
+_IR_VERSION = 1
+_GRAPH = 7
+_WIRE_VARINT, _WIRE_I64, _WIRE_LEN, _WIRE_I32 = 0, 1, 2, 5
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The ``metadata_props`` of the ONNX model at ``path``.
+
+    Raises:
+        ModelError: the file cannot be read or is not an ONNX model.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"cannot read model {path}: {exc.strerror or exc}") from None
+    try:
+        fields = dict(_top_level_fields(data))
+        metadata: dict[str, str] = {}
+        for number, value in _iter_fields(data):
+            if number == _METADATA_PROPS:
+                entry = dict(_iter_fields(value))
+                metadata[bytes(entry.get(1, b"")).decode()] = bytes(entry.get(2, b"")).decode()
+    except (ValueError, UnicodeDecodeError, IndexError) as exc:
+        raise ModelError(f"{path} is not an ONNX model ({exc})") from None
+    if _IR_VERSION not in fields or _GRAPH not in fields:
+        raise ModelError(f"{path} is not an ONNX model (no ir_version or graph)")
+    return metadata
+
+
+def _top_level_fields(data: bytes):
+    for number, value in _iter_fields(data):
+        yield number, value if not isinstance(value, memoryview) else len(value)
+
+
+def _iter_fields(data: bytes | memoryview):
+    """Yield ``(field_number, value)``: ints for varints, memoryviews for length-delimited fields."""
+    buf = memoryview(data)
+    pos, end = 0, len(buf)
+    while pos < end:
+        key, pos = _varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise ValueError("field number 0")
+        if wire == _WIRE_VARINT:
+            value, pos = _varint(buf, pos)
+        elif wire == _WIRE_LEN:
+            length, pos = _varint(buf, pos)
+            if pos + length > end:
+                raise ValueError("truncated field")
+            value, pos = buf[pos : pos + length], pos + length
+        elif wire in (_WIRE_I64, _WIRE_I32):
+            size = 8 if wire == _WIRE_I64 else 4
+            if pos + size > end:
+                raise ValueError("truncated field")
+            value, pos = int.from_bytes(buf[pos : pos + size], "little"), pos + size
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+        yield number, value
+
+
+def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise ValueError("bad varint")
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7

@@ -1,0 +1,289 @@
+"""Training recipe for edgedx's screening CNNs (plain torch, CPU friendly, reproducible).
+
+    python -m export.train ../shared/data/chest_xray_kermany_224/train --out runs/default
+    python -m export.train ../shared/data/pneumoniamnist/pneumoniamnist_trainval.npz --size 64 --out runs/pmnist
+
+Data: a folder with one subfolder per class (labels from folder names, sorted), or a MedMNIST
+``.npz`` with ``train_*``/``val_*`` keys. A folder is split into train/validation by patient
+(file names such as ``person12_virus_3.jpeg`` and ``IM-0115-0001.jpeg`` name the patient), so no
+patient's images sit on both sides.
+
+Every image goes through :func:`edgedx.preprocess.apply`, the runtime's own preprocessing.
+Augmentation happens before it, in the pixel domain: geometry (rotation, shift, zoom, flip) and,
+against acquisition shift, exposure (gamma, contrast, brightness), resolution (down/up-sampling,
+blur) and noise. The operating threshold is the highest one whose validation sensitivity is still
+>= the target with 95% confidence (Wilson lower bound), so it holds up beyond the split it was
+picked on.
+
+Writes ``model.pt`` (state dict), ``training.json`` (spec, labels, threshold, metrics, history).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import re
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from edgedx import decode, metrics, preprocess
+from edgedx.preprocess import PreprocessSpec
+from export.models import ScreeningCNN
+
+MEDMNIST_LABELS = {
+    "pneumoniamnist": ["normal", "pneumonia"],
+    "breastmnist": ["malignant", "normal_benign"],
+    "retinamnist": ["grade0", "grade1", "grade2", "grade3", "grade4"],
+}
+MEDMNIST_POSITIVE = {"pneumoniamnist": "pneumonia", "breastmnist": "malignant"}
+_PATIENT = [re.compile(r"^(person\d+)_"), re.compile(r"^((?:NORMAL2-)?IM-\d+)-")]
+
+
+@dataclass
+class Dataset:
+    images: list[np.ndarray]  # decoded, pixel domain
+    labels: np.ndarray
+    groups: list[str]
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def patient_id(name: str) -> str:
+    for pattern in _PATIENT:
+        if m := pattern.match(name):
+            return m.group(1)
+    return Path(name).stem
+
+
+def load_folder(root: Path, limit_per_class: int | None = None) -> tuple[Dataset, list[str]]:
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    images, labels, groups = [], [], []
+    for index, cls in enumerate(classes):
+        files = sorted(f for f in (root / cls).iterdir() if f.is_file() and not f.name.startswith("."))
+        for f in files[:limit_per_class]:
+            try:
+                img = decode.decode_file(f)[0].image
+            except Exception as exc:  # one unreadable file must not stop a training run
+                log(f"skipping {f}: {exc}")
+                continue
+            images.append(img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_RGB2GRAY))
+            labels.append(index)
+            groups.append(f"{cls}/{patient_id(f.name)}")
+    return Dataset(images, np.asarray(labels), groups), classes
+
+
+def split_by_group(data: Dataset, val_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """Stratified by class, grouped by patient."""
+    rng = np.random.default_rng(seed)
+    val_groups: set[str] = set()
+    for cls in np.unique(data.labels):
+        groups = sorted({g for g, y in zip(data.groups, data.labels) if y == cls})
+        rng.shuffle(groups)
+        val_groups.update(groups[: max(1, round(len(groups) * val_fraction))])
+    is_val = np.array([g in val_groups for g in data.groups])
+    pick = lambda mask: Dataset([im for im, m in zip(data.images, mask) if m], data.labels[mask], [g for g, m in zip(data.groups, mask) if m])  # noqa: E731
+    return pick(~is_val), pick(is_val)
+
+
+def load_npz(path: Path) -> tuple[Dataset, Dataset, list[str]]:
+    arrays = np.load(path)
+    name = path.stem.split("_")[0]
+    n_classes = int(max(arrays["train_labels"].max(), arrays["val_labels"].max())) + 1
+    classes = MEDMNIST_LABELS.get(name, [f"class_{i}" for i in range(n_classes)])
+
+    def make(split: str) -> Dataset:
+        imgs = arrays[f"{split}_images"]
+        return Dataset(list(imgs), arrays[f"{split}_labels"].reshape(-1).astype(np.int64), [str(i) for i in range(len(imgs))])
+
+    return make("train"), make("val"), classes
+
+
+class Augmenter:
+    """Random geometry and acquisition changes in the pixel domain (float32, 0..255)."""
+
+    def __init__(self, rng: np.random.Generator, strength: float = 1.0) -> None:
+        self.rng, self.s = rng, strength
+
+    def __call__(self, img: np.ndarray) -> np.ndarray:
+        r, s = self.rng, self.s
+        h, w = img.shape[:2]
+        x = img.astype(np.float32)
+        angle = r.uniform(-10, 10) * s
+        zoom = math.exp(r.uniform(math.log(0.85), math.log(1.15)) * s)
+        shift = r.uniform(-0.08, 0.08, 2) * s * (w, h)
+        m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, zoom)
+        m[:, 2] += shift
+        x = cv2.warpAffine(x, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        if r.random() < 0.5:
+            x = x[:, ::-1]
+        if r.random() < 0.8:  # exposure and contrast
+            gamma = math.exp(r.uniform(-0.45, 0.45) * s)
+            x = 255.0 * (np.clip(x, 0, 255) / 255.0) ** gamma
+            mean = float(x.mean())
+            x = (x - mean) * r.uniform(1 - 0.3 * s, 1 + 0.3 * s) + mean + r.uniform(-25, 25) * s
+        if r.random() < 0.3 * s:  # lower acquisition resolution
+            f = r.uniform(0.35, 0.75)
+            small = cv2.resize(x, (max(8, int(w * f)), max(8, int(h * f))), interpolation=cv2.INTER_AREA)
+            x = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+        elif r.random() < 0.2 * s:
+            x = cv2.GaussianBlur(x, (0, 0), r.uniform(0.5, 1.5))
+        if r.random() < 0.2 * s:
+            x = x + r.normal(0, r.uniform(2, 8), x.shape).astype(np.float32)
+        return np.ascontiguousarray(np.clip(x, 0, 255), dtype=np.float32)
+
+
+def batches(data: Dataset, spec: PreprocessSpec, batch_size: int, augment: Augmenter | None, order: np.ndarray):
+    buf = spec.buffer(batch_size)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        for i, j in enumerate(idx):
+            img = data.images[j]
+            preprocess.apply(augment(img) if augment else img, spec, buf[i])
+        yield torch.from_numpy(buf[: len(idx)].copy()), torch.from_numpy(data.labels[idx])
+
+
+def predict(model: nn.Module, data: Dataset, spec: PreprocessSpec, batch_size: int = 64) -> np.ndarray:
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for x, _ in batches(data, spec, batch_size, None, np.arange(len(data.labels))):
+            out.append(torch.softmax(model(x), 1).numpy())
+    return np.concatenate(out)
+
+
+def dataset_stats(data: Dataset, spec: PreprocessSpec, n: int = 512) -> tuple[float, float]:
+    """Mean and std of the scaled (0..1) training pixels, through the same preprocessing."""
+    unit = spec.with_changes(mean=(0.0,), std=(1.0,))
+    idx = np.linspace(0, len(data.images) - 1, min(n, len(data.images))).astype(int)
+    x = preprocess.apply_batch([data.images[i] for i in idx], unit)
+    return float(x.mean()), float(x.std())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("data", type=Path, help="class-per-subfolder directory or MedMNIST .npz")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--widths", default="24,32,64,128,256")
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--patience", type=int, default=8)
+    ap.add_argument("--max-minutes", type=float, default=60.0)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--val-fraction", type=float, default=0.15)
+    ap.add_argument("--target-sensitivity", type=float, default=0.95)
+    ap.add_argument("--positive", default=None, help="positive label of a binary model (default: PNEUMONIA/pneumonia/malignant)")
+    ap.add_argument("--limit-per-class", type=int, default=None, help="smoke runs: use only this many files per class")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+
+    t_start = time.perf_counter()
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.data.suffix == ".npz":
+        train, val, classes = load_npz(args.data)
+        positive = args.positive or MEDMNIST_POSITIVE.get(args.data.stem.split("_")[0])
+    else:
+        full, classes = load_folder(args.data, args.limit_per_class)
+        train, val = split_by_group(full, args.val_fraction, args.seed)
+        positive = args.positive or ("PNEUMONIA" if "PNEUMONIA" in classes else None)
+    if len(classes) != 2:
+        positive = None
+    channels = 3 if train.images[0].ndim == 3 else 1
+    log(f"{len(train.labels)} train / {len(val.labels)} val images, classes {classes}, counts {dict(Counter(train.labels.tolist()))}")
+
+    spec = PreprocessSpec(width=args.size, height=args.size, channels=channels)
+    mean, std = dataset_stats(train, spec)
+    spec = spec.with_changes(mean=(round(mean, 4),), std=(round(std, 4),))
+    model = ScreeningCNN(channels, len(classes), tuple(int(w) for w in args.widths.split(",")))
+    counts = np.bincount(train.labels, minlength=len(classes)).astype(np.float64)
+    weights = torch.tensor(counts.sum() / (len(classes) * np.maximum(counts, 1)), dtype=torch.float32)
+    loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=0.05)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs, eta_min=args.lr / 50)
+    augment = Augmenter(rng)
+    pos_index = classes.index(positive) if positive else None
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    best, best_state, history, stale = -math.inf, None, [], 0
+    for epoch in range(1, args.epochs + 1):
+        model.train()
+        t0, total, n = time.perf_counter(), 0.0, 0
+        for x, y in batches(train, spec, args.batch_size, augment, rng.permutation(len(train.labels))):
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
+            total, n = total + loss.item() * len(y), n + len(y)
+        sched.step()
+        probs = predict(model, val, spec)
+        report = metrics.summarize(val.labels, probs, pos_index)
+        score = report["auc"] if report["auc"] is not None else report["accuracy"]
+        history.append({"epoch": epoch, "train_loss": total / n, "seconds": time.perf_counter() - t0, **report})
+        log(f"epoch {epoch}: loss {total / n:.4f} val acc {report['accuracy']:.4f} auc {report['auc']} ({time.perf_counter() - t0:.0f}s)")
+        if score > best + 1e-4:
+            best, stale = score, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            torch.save(best_state, args.out / "model.pt")
+        else:
+            stale += 1
+        elapsed_min = (time.perf_counter() - t_start) / 60
+        if stale >= args.patience:
+            log(f"early stop: no validation gain in {args.patience} epochs")
+            break
+        if elapsed_min > args.max_minutes:
+            log(f"stop: time budget of {args.max_minutes} minutes reached")
+            break
+
+    model.load_state_dict(best_state)
+    probs = predict(model, val, spec)
+    threshold = None
+    if pos_index is not None:
+        threshold = metrics.threshold_for_sensitivity(val.labels == pos_index, probs[:, pos_index], args.target_sensitivity)
+    final = metrics.summarize(val.labels, probs, pos_index, threshold)
+    minutes = (time.perf_counter() - t_start) / 60
+    summary = {
+        "architecture": "ScreeningCNN",
+        "widths": [int(w) for w in args.widths.split(",")],
+        "labels": classes,
+        "positive_label": positive,
+        "threshold": threshold,
+        "preprocess": {"width": spec.width, "height": spec.height, "channels": spec.channels, "resize": spec.resize.value,
+                       "scale": spec.scale, "mean": list(spec.mean), "std": list(spec.std)},
+        "validation": final,
+        "training": {
+            "command": "python -m export.train " + " ".join(sys.argv[1:] if argv is None else argv),
+            "data": str(args.data),
+            "train_images": len(train.labels),
+            "val_images": len(val.labels),
+            "split": "patient-grouped, class-stratified" if args.data.suffix != ".npz" else "MedMNIST train/val",
+            "epochs_run": len(history),
+            "minutes": round(minutes, 1),
+            "torch": torch.__version__,
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+            "date": time.strftime("%Y-%m-%d"),
+        },
+        "history": history,
+    }
+    (args.out / "training.json").write_text(json.dumps(summary, indent=2))
+    log(f"done in {minutes:.1f} min: validation {json.dumps(final)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
