@@ -99,6 +99,11 @@ class Session(ABC):
         """The largest batch this session accepts; None when unbounded."""
         return None
 
+    def last_timings(self) -> dict[str, float]:
+        """Milliseconds per stage of the last ``run`` that the backend measured itself
+        (TensorRT: ``h2d``, ``compute``, ``d2h`` from CUDA events); empty when it measures none."""
+        return {}
+
     def describe(self) -> dict[str, Any]:
         """What actually runs (providers, device, precision), for reports and results."""
         return {"backend": self.name}
