@@ -1,0 +1,5 @@
+import sys
+
+from edgedx.cli import main
+
+sys.exit(main())

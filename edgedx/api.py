@@ -1,0 +1,307 @@
+"""The library the CLI wraps and screening devices embed.
+
+    with Classifier() as clf:                 # the bundled default model, best backend here
+        result = clf.classify("scan.dcm")     # or a numpy frame
+        for r in clf.classify_many(paths):    # batched, in input order, one record per input
+            ...
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Union
+
+import numpy as np
+
+from edgedx import bundled, decode, manifest as manifest_mod, postprocess, preprocess
+from edgedx.backends import Session, SessionOptions, open_session, resolve_backend
+from edgedx.errors import EdgedxError, ModelError
+from edgedx.manifest import Manifest
+
+log = logging.getLogger("edgedx")
+
+Source = Union[str, Path, np.ndarray]
+
+
+@dataclass
+class Result:
+    """One record per input (per frame for multi-frame DICOM with ``all_frames``).
+
+    ``status`` is ``ok`` or ``error``; an error record has ``error`` set and no label.
+    ``backend_note`` says why this backend ran when ``auto`` had to fall back.
+    """
+
+    path: str | None
+    label: str | None = None
+    score: float | None = None
+    scores: dict[str, float] | None = None
+    error: str | None = None
+    status: str = "ok"
+    model: str = ""
+    backend: str = ""
+    frame: int | None = None
+    threshold: float | None = None
+    positive: bool | None = None
+    backend_note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ManifestOverrides:
+    """What the user supplies for a model without a manifest (and ``threshold`` for any model)."""
+
+    labels: list[str] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    scale: float | None = None
+    resize: str | None = None
+    layout: str | None = None
+    activation: str | None = None
+    positive_label: str | None = None
+
+
+@dataclass
+class _Item:
+    index: int
+    path: str | None
+    frame: int | None = None
+    error: str | None = None
+
+
+class Classifier:
+    """A loaded model ready to classify files or frames; reusable, closeable, thread-safe to call.
+
+    Args:
+        model: an ONNX file or TensorRT engine; None for the bundled default model.
+        backend: "auto", "onnxruntime" or "tensorrt". Only ``auto`` may fall back, and every
+            result then names the backend that ran and why.
+        threshold: overrides the manifest's operating threshold (binary models).
+        batch_size: images per inference call in :meth:`classify_many`.
+        decode_options: DICOM window override, all frames, pixel limit.
+        session_options: backend options (threads, CUDA graphs, ...).
+        overrides: what to assume for a model that carries no manifest.
+    """
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        backend: str = "auto",
+        *,
+        threshold: float | None = None,
+        batch_size: int = 8,
+        decode_options: decode.DecodeOptions | None = None,
+        session_options: SessionOptions | None = None,
+        overrides: ManifestOverrides | None = None,
+    ) -> None:
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            raise EdgedxError(f"threshold must be in [0, 1], got {threshold}")
+        if batch_size < 1:
+            raise EdgedxError(f"batch size must be >= 1, got {batch_size}")
+        self.model_path = Path(model) if model is not None else bundled.default_model(backend)
+        if not self.model_path.is_file():
+            raise ModelError(f"model not found: {self.model_path}")
+        self.requested_backend = backend
+        self.decode_options = decode_options or decode.DecodeOptions()
+        self.threshold = threshold
+        self.backend_note: str | None = None
+        self.session = self._open(backend, session_options or SessionOptions())
+        try:
+            self.manifest = self._manifest(overrides or ManifestOverrides())
+            self.batch_size = min(batch_size, self.session.max_batch_size or batch_size)
+            self._buffer = self.session.input_buffer(self.batch_size)
+        except BaseException:
+            self.session.close()
+            raise
+        self._lock = threading.Lock()
+
+    # -- public API -------------------------------------------------------------------------
+
+    @property
+    def backend(self) -> str:
+        return self.session.name
+
+    def classify(self, source: Source) -> Result:
+        """Classify one file or HxW[xC] frame; the first frame of a multi-frame DICOM."""
+        return next(iter(self.classify_many([source])))
+
+    def classify_many(self, sources: Iterable[Source]) -> Iterator[Result]:
+        """Yield one result per input (per frame with ``all_frames``), in input order.
+
+        Bad inputs yield error records; the others still get results.
+        """
+        items: list[_Item] = []
+        filled = 0  # rows of the input buffer holding preprocessed images
+        for index, source in enumerate(sources):
+            for item, image in self._decode(index, source):
+                items.append(item)
+                if item.error is not None:
+                    continue
+                try:
+                    preprocess.apply(image, self.manifest.preprocess, self._buffer[filled])
+                    filled += 1
+                except EdgedxError as exc:
+                    item.error = str(exc)
+                if filled == self.batch_size:
+                    yield from self._flush(items)
+                    items, filled = [], 0
+        if items:
+            yield from self._flush(items)
+
+    def predict_proba(self, images: list[np.ndarray]) -> np.ndarray:
+        """Scores (N, len(labels)) for decoded images, through the model's own preprocessing.
+
+        Used by evaluation, verification and calibration; raises on a bad image.
+        """
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            with self._lock:
+                batch = preprocess.apply_batch(chunk, self.manifest.preprocess, self._buffer[: len(chunk)])
+                raw = self.session.run(batch)
+            out.append(postprocess.probabilities(raw, self.manifest))
+        return np.concatenate(out) if out else np.empty((0, len(self.manifest.labels)))
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "model": str(self.model_path),
+            "sha256": file_sha256(self.model_path),
+            "backend": self.session.describe(),
+            "backend_note": self.backend_note,
+            "inputs": [asdict(t) for t in self.session.inputs],
+            "outputs": [asdict(t) for t in self.session.outputs],
+            "manifest": self.manifest.to_dict(),
+        }
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> Classifier:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _open(self, backend: str, options: SessionOptions) -> Session:
+        name = resolve_backend(self.model_path, backend)
+        try:
+            return open_session(self.model_path, name, options)
+        except EdgedxError as exc:
+            fallback = getattr(exc, "fallback_onnx", None)
+            if backend != "auto" or fallback is None:
+                raise
+            self.backend_note = f"{name} refused {self.model_path.name} ({exc}); ran source ONNX {Path(fallback).name} on onnxruntime"
+            log.warning("%s", self.backend_note)
+            return open_session(fallback, "onnxruntime", options)
+
+    def _manifest(self, ov: ManifestOverrides) -> Manifest:
+        path = self.session.model_path
+        found = manifest_mod.load(self.model_path) or manifest_mod.load(path)
+        out_spec = self.session.outputs[0]
+        width = out_spec.shape[-1] if out_spec.shape and isinstance(out_spec.shape[-1], int) else None
+        if found is None:
+            found, assumed = manifest_mod.assumed(
+                input_shape=self.session.inputs[0].shape,
+                layout=ov.layout,
+                labels=ov.labels,
+                mean=ov.mean,
+                std=ov.std,
+                scale=ov.scale,
+                resize=ov.resize,
+                activation=ov.activation,
+                num_outputs=width,
+                positive_label=ov.positive_label,
+                threshold=self.threshold,
+            )
+            if assumed:
+                log.warning("%s has no edgedx manifest; assumed %s", self.model_path.name, ", ".join(assumed))
+        if self.threshold is not None and found.positive_label is None:
+            raise EdgedxError("--threshold applies to binary screening models; this model has no positive label")
+        _check_input(found, self.session)
+        if width is not None:
+            postprocess.check_output(found, width)
+        return found
+
+    def _decode(self, index: int, source: Source) -> Iterator[tuple[_Item, np.ndarray | None]]:
+        if isinstance(source, np.ndarray):
+            yield _Item(index, None), source
+            return
+        path = str(source)
+        try:
+            frames = decode.decode_file(path, self.decode_options)
+        except EdgedxError as exc:
+            yield _Item(index, path, error=str(exc)), None
+            return
+        except Exception as exc:  # a decoder bug must not lose the other files' results
+            yield _Item(index, path, error=f"cannot decode: {type(exc).__name__}: {exc}"), None
+            return
+        for d in frames:
+            yield _Item(index, path, frame=d.info.frame), d.image
+
+    def _flush(self, items: list[_Item]) -> Iterator[Result]:
+        good = [it for it in items if it.error is None]
+        predictions: list[postprocess.Prediction] = []
+        if good:
+            try:
+                with self._lock:
+                    raw = self.session.run(self._buffer[: len(good)])
+                predictions = postprocess.decide(postprocess.probabilities(raw, self.manifest), self.manifest, self.threshold)
+            except EdgedxError as exc:
+                for it in good:
+                    it.error = str(exc)
+        results = iter(predictions)
+        for it in items:
+            yield self._result(it, None if it.error else next(results))
+
+    def _result(self, item: _Item, pred: postprocess.Prediction | None) -> Result:
+        common = dict(path=item.path, model=str(self.model_path), backend=self.backend, frame=item.frame, backend_note=self.backend_note)
+        if pred is None:
+            return Result(error=item.error, status="error", **common)
+        return Result(label=pred.label, score=pred.score, scores=pred.scores, threshold=pred.threshold, positive=pred.positive, **common)
+
+
+def _check_input(m: Manifest, session: Session) -> None:
+    """The manifest's input must match the model's real input tensor."""
+    shape = session.inputs[0].shape
+    expected = (None, *m.preprocess.sample_shape())
+    if len(shape) != 4 or any(isinstance(a, int) and a != b for a, b in zip(shape[1:], expected[1:])):
+        raise ModelError(
+            f"manifest input {m.preprocess.layout.value} {expected[1:]} does not match the model's input "
+            f"{session.inputs[0].name} {shape}"
+        )
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given, folders walked recursively (image and DICOM files only, sorted).
+
+    A path that does not exist is kept, so it gets its own error record. Symbolic links to folders
+    are not followed (no loops).
+    """
+    import os
+
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            out.append(p)
+            continue
+        found = []
+        for root, dirs, files in os.walk(p, followlinks=False, onerror=lambda e: log.warning("cannot list %s", e.filename)):
+            dirs.sort()
+            found.extend(Path(root, f) for f in files if decode.is_candidate(Path(root, f)))
+        out.extend(sorted(found))
+    return out

@@ -1,0 +1,80 @@
+"""Raw model outputs -> probabilities -> :class:`Prediction`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgedx.errors import ModelError
+from edgedx.manifest import Activation, Manifest
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's answer.
+
+    ``label`` is the decision: for binary screening models, the positive label when its
+    probability reaches ``threshold``; otherwise the arg-max. ``score`` is ``scores[label]``.
+    """
+
+    label: str
+    score: float
+    scores: dict[str, float]
+    threshold: float | None = None
+    positive: bool | None = None
+
+
+def check_output(manifest: Manifest, width: int) -> None:
+    """Refuse a model whose output cannot give one score per label.
+
+    Raises:
+        ModelError: naming the mismatch.
+    """
+    n = len(manifest.labels)
+    if manifest.activation is Activation.SIGMOID and width == 1 and n == 2:
+        return
+    if width == 1 and manifest.activation is Activation.SOFTMAX:
+        raise ModelError("the model has one output with softmax, which is always 1.0; a one-output model needs sigmoid")
+    if width != n:
+        raise ModelError(f"the model outputs {width} values but the manifest has {n} labels {list(manifest.labels)}")
+
+
+def probabilities(raw: np.ndarray, manifest: Manifest) -> np.ndarray:
+    """(N, K) raw outputs -> (N, len(labels)) scores in label order."""
+    raw = np.asarray(raw, np.float64).reshape(raw.shape[0], -1)
+    if manifest.activation is Activation.SOFTMAX:
+        z = raw - raw.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+    if manifest.activation is Activation.SIGMOID:
+        p = 1.0 / (1.0 + np.exp(-raw))
+        if p.shape[1] == 1 and len(manifest.labels) == 2:
+            pos = manifest.positive_index if manifest.positive_index is not None else 1
+            out = np.empty((p.shape[0], 2))
+            out[:, pos], out[:, 1 - pos] = p[:, 0], 1.0 - p[:, 0]
+            return out
+        return p
+    return raw
+
+
+def decide(probs: np.ndarray, manifest: Manifest, threshold: float | None = None) -> list[Prediction]:
+    """One :class:`Prediction` per row of ``probs`` (from :func:`probabilities`).
+
+    Args:
+        threshold: overrides the manifest's operating threshold (binary models only).
+    """
+    labels = manifest.labels
+    pos = manifest.positive_index
+    t = threshold if threshold is not None else manifest.threshold
+    out = []
+    for row in probs:
+        scores = {label: float(v) for label, v in zip(labels, row)}
+        if pos is not None and t is not None:
+            positive = bool(row[pos] >= t)
+            index = pos if positive else 1 - pos
+            out.append(Prediction(labels[index], float(row[index]), scores, t, positive))
+        else:
+            index = int(np.argmax(row))
+            out.append(Prediction(labels[index], float(row[index]), scores))
+    return out

@@ -1,0 +1,77 @@
+"""Tiny real ONNX models built with onnx.helper, for tests that must not depend on the bundled model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgedx.manifest import METADATA_KEY
+
+
+def tiny_cnn(
+    path: Path,
+    *,
+    channels: int = 1,
+    size: int = 32,
+    classes: int = 2,
+    manifest: dict | None = None,
+    layout: str = "NCHW",
+    seed: int = 0,
+) -> Path:
+    """Conv(3x3) -> ReLU -> GlobalAveragePool -> Flatten -> Gemm, dynamic batch; logits out.
+
+    ``manifest`` (a dict) is embedded as the edgedx manifest when given.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w = rng.normal(0, 0.5, (8, channels, 3, 3)).astype(np.float32)
+    b = rng.normal(0, 0.1, 8).astype(np.float32)
+    fw = rng.normal(0, 0.5, (classes, 8)).astype(np.float32)
+    fb = rng.normal(0, 0.1, classes).astype(np.float32)
+    nodes = []
+    in_shape = ["N", channels, size, size] if layout == "NCHW" else ["N", size, size, channels]
+    x = "input"
+    if layout == "NHWC":
+        nodes.append(helper.make_node("Transpose", ["input"], ["x_nchw"], perm=[0, 3, 1, 2]))
+        x = "x_nchw"
+    nodes += [
+        helper.make_node("Conv", [x, "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "fw", "fb"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, in_shape)],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
+        [numpy_helper.from_array(a, n) for a, n in ((w, "w"), (b, "b"), (fw, "fw"), (fb, "fb"))],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    if manifest is not None:
+        import json
+
+        helper.set_model_props(model, {METADATA_KEY: json.dumps(manifest)})
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def manifest_dict(*, channels: int = 1, size: int = 32, labels=("NORMAL", "PNEUMONIA"), positive="PNEUMONIA", threshold=0.5, layout="NCHW", activation="softmax") -> dict:
+    return {
+        "schema": "edgedx.manifest",
+        "schema_version": 1,
+        "labels": list(labels),
+        "input": {"name": "input", "layout": layout, "height": size, "width": size, "channels": channels},
+        "preprocess": {"resize": "stretch", "scale": 1 / 255, "mean": [0.5], "std": [0.25]},
+        "output": {"name": "logits", "activation": activation},
+        "positive_label": positive,
+        "threshold": threshold,
+        "precision": "fp32",
+        "provenance": {"source": "tests/factories.py"},
+    }

@@ -1,0 +1,144 @@
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from edgedx import Classifier
+from edgedx.api import ManifestOverrides, expand_paths
+from edgedx.errors import BackendUnavailable, ModelError, UsageError
+from tests.factories import manifest_dict, tiny_cnn
+
+
+@pytest.fixture
+def model(tmp_path):
+    return tiny_cnn(tmp_path / "m.onnx", manifest=manifest_dict())
+
+
+def test_numpy_frames_in_typed_results_out(model):
+    with Classifier(model) as clf:
+        r = clf.classify(np.full((64, 48), 128, np.uint8))
+    assert r.status == "ok" and r.error is None and r.path is None
+    assert r.label in ("NORMAL", "PNEUMONIA")
+    assert abs(sum(r.scores.values()) - 1.0) < 1e-9
+    assert r.score == r.scores[r.label]
+    assert r.positive == (r.scores["PNEUMONIA"] >= 0.5)
+    assert r.backend == "onnxruntime"
+
+
+def test_batch_results_do_not_depend_on_batch_size(model, xray_files):
+    with Classifier(model, batch_size=1) as one, Classifier(model, batch_size=4) as four:
+        a = list(one.classify_many(xray_files))
+        b = list(four.classify_many(xray_files))
+    assert [r.path for r in a] == [str(f) for f in xray_files]
+    for x, y in zip(a, b):
+        assert x.label == y.label
+        assert abs(x.score - y.score) < 1e-6
+
+
+def test_bad_file_gets_error_record_and_others_results(model, xray_files, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    missing = tmp_path / "missing.jpeg"
+    inputs = [xray_files[0], bad, missing, xray_files[1]]
+    with Classifier(model, batch_size=2) as clf:
+        results = list(clf.classify_many(inputs))
+    assert [r.status for r in results] == ["ok", "error", "error", "ok"]
+    assert results[1].label is None and results[1].error
+    assert "No such file" in results[2].error
+    assert [r.path for r in results] == [str(p) for p in inputs]
+
+
+def test_threshold_override_changes_the_decision(model):
+    frame = np.full((32, 32), 100, np.uint8)
+    with Classifier(model, threshold=0.0) as low, Classifier(model, threshold=1.0) as high:
+        assert low.classify(frame).label == "PNEUMONIA"
+        assert high.classify(frame).label == "NORMAL"
+
+
+def test_threshold_needs_a_binary_model(tmp_path):
+    m = tiny_cnn(tmp_path / "three.onnx", classes=3, manifest=manifest_dict(labels=("a", "b", "c"), positive=None, threshold=None))
+    with pytest.raises(Exception, match="binary"):
+        Classifier(m, threshold=0.3)
+
+
+def test_model_without_manifest_runs_with_overrides_and_warns(tmp_path, caplog, monkeypatch):
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("edgedx"), "propagate", True)  # the CLI turns it off
+    m = tiny_cnn(tmp_path / "plain.onnx", channels=3, size=16)
+    with caplog.at_level("WARNING", logger="edgedx"):
+        clf = Classifier(m, overrides=ManifestOverrides(labels=["cat", "dog"], mean=(0.5,), std=(0.5,)))
+    with clf:
+        assert clf.classify(np.zeros((20, 20, 3), np.uint8)).label in ("cat", "dog")
+    assert "no edgedx manifest" in caplog.text and "scale 1/255" in caplog.text
+    assert "mean" not in caplog.text.split("assumed")[1]
+
+
+def test_manifest_that_does_not_match_the_model_is_refused(tmp_path):
+    m = tiny_cnn(tmp_path / "m.onnx", size=32, manifest=manifest_dict(size=64))
+    with pytest.raises(ModelError, match="does not match"):
+        Classifier(m)
+    m3 = tiny_cnn(tmp_path / "m3.onnx", classes=3, manifest=manifest_dict())
+    with pytest.raises(ModelError, match="outputs 3 values"):
+        Classifier(m3)
+
+
+def test_explicit_backend_that_cannot_run_is_exit_code_3(model, monkeypatch):
+    from edgedx.backends import base
+
+    monkeypatch.setattr(base, "missing_requirements", lambda name: ["tensorrt"] if name == "tensorrt" else [])
+    with pytest.raises(BackendUnavailable) as err:
+        Classifier(model, backend="tensorrt")
+    assert err.value.exit_code == 3 and "pip install" in str(err.value)
+
+
+def test_unknown_backend_is_a_usage_error(model):
+    with pytest.raises(UsageError):
+        Classifier(model, backend="tpu")
+
+
+def test_closed_classifier_refuses_work(model):
+    clf = Classifier(model)
+    clf.close()
+    r = clf.classify(np.zeros((8, 8), np.uint8))
+    assert r.status == "error" and "closed" in r.error
+
+
+def test_one_thread_classifies_while_another_decodes(model, xray_files):
+    from edgedx import decode
+
+    with Classifier(model) as clf:
+        expected = [clf.classify(f).scores for f in xray_files]
+        frames: list = []
+        results: list = []
+
+        def decoder():
+            for f in xray_files:
+                frames.append(decode.decode_file(f)[0].image)
+
+        t = threading.Thread(target=decoder)
+        t.start()
+        t.join()
+        worker = threading.Thread(target=lambda: results.extend(clf.classify(x) for x in frames))
+        worker.start()
+        worker.join()
+    for r, e in zip(results, expected):
+        assert r.scores == pytest.approx(e, abs=1e-6)
+
+
+def test_expand_paths_walks_folders_sorted_and_keeps_missing(tmp_path):
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a.png").write_bytes(b"x")
+    (tmp_path / "b" / "c.dcm").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("x")
+    out = expand_paths([tmp_path, tmp_path / "gone.png"])
+    assert out == [tmp_path / "a.png", tmp_path / "b" / "c.dcm", tmp_path / "gone.png"]
+
+
+def test_default_model_is_bundled():
+    from edgedx import bundled
+
+    path = bundled.default_model()
+    assert path.name == bundled.DEFAULT_CPU and path.stat().st_size > 0

@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from edgedx.cli import main
+from tests.factories import manifest_dict, tiny_cnn
+
+
+@pytest.fixture
+def model(tmp_path):
+    return tiny_cnn(tmp_path / "m.onnx", manifest=manifest_dict())
+
+
+def run(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_json_is_one_object_per_input_in_order(capsys, model, xray_files, tmp_path):
+    missing = tmp_path / "nope.png"
+    code, out, err = run(capsys, "classify", *xray_files[:2], missing, "--model", model, "--json")
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert code == 1
+    assert [x["path"] for x in lines] == [str(xray_files[0]), str(xray_files[1]), str(missing)]
+    for key in ("path", "label", "score", "scores", "error", "model", "backend"):
+        assert all(key in x for x in lines)
+    assert lines[2]["error"] and lines[2]["label"] is None and lines[0]["error"] is None
+    assert "1 of 3 inputs failed" in err and "Traceback" not in err
+
+
+def test_all_good_exits_zero_and_csv(capsys, model, xray_files):
+    code, out, _ = run(capsys, "classify", *xray_files[:2], "-m", model, "--format", "csv")
+    rows = out.strip().splitlines()
+    assert code == 0 and rows[0].startswith("path,frame,status,label,score") and len(rows) == 3
+
+
+def test_output_file_and_top_k(capsys, model, xray_files, tmp_path):
+    dest = tmp_path / "out.ndjson"
+    code, out, _ = run(capsys, "classify", xray_files[0], "-m", model, "--json", "--top-k", "1", "--output", dest)
+    assert code == 0 and out == ""
+    rec = json.loads(dest.read_text())
+    assert rec["top_k"][0]["label"] == rec["label"]
+
+
+def test_table_is_the_default(capsys, model, xray_files):
+    code, out, _ = run(capsys, "classify", xray_files[0], "-m", model)
+    assert code == 0 and xray_files[0].name[:20] in out and "threshold" in out
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["classify", "x.png", "--model", "/nonexistent/model.onnx"], 4, "model not found"),
+        (["classify", "x.png", "--backend", "bogus"], 2, "bogus"),
+        (["classify", "x.png", "--window", "1"], 2, "CENTER,WIDTH"),
+        (["classify"], 2, "Missing argument"),
+    ],
+)
+def test_usage_and_model_errors_are_one_line_with_exit_code(capsys, args, code, message):
+    got, _, err = run(capsys, *args)
+    assert got == code and message in err and "Traceback" not in err
+
+
+def test_not_an_onnx_model_is_exit_4(capsys, tmp_path):
+    fake = tmp_path / "model.onnx"
+    fake.write_bytes(b"\xff\xd8\xff\xe0 this is a jpeg")
+    code, _, err = run(capsys, "classify", "x.png", "-m", fake)
+    assert code == 4 and "not an ONNX model" in err
+
+
+def test_info_json(capsys, model):
+    code, out, _ = run(capsys, "info", model, "--json")
+    data = json.loads(out)
+    assert code == 0 and data["manifest"]["labels"] == ["NORMAL", "PNEUMONIA"]
+    assert len(data["sha256"]) == 64 and data["backends_here"]["onnxruntime"] == "available"
+
+
+def test_bench_json_keys(capsys, model):
+    code, out, _ = run(capsys, "bench", "-m", model, "--iterations", "5", "--warmup", "1", "--batch-size", "2", "--json")
+    data = json.loads(out)
+    assert code == 0
+    for key in ("model", "backend", "precision", "batch_size", "iterations", "latency_ms", "throughput_ips", "stages_ms"):
+        assert key in data
+    assert data["iterations"] == 5 and data["batch_size"] == 2
+    assert set(data["latency_ms"]) == {"min", "mean", "median", "p90", "p95", "p99", "max"}
+    assert data["latency_ms"]["min"] <= data["latency_ms"]["median"] <= data["latency_ms"]["max"]
+
+
+def test_bench_end_to_end_on_images(capsys, model, xray_files):
+    folder = xray_files[0].parent
+    code, out, _ = run(capsys, "bench", "-m", model, "--images", folder, "--batch-size", "4", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["mode"] == "end-to-end" and data["images"] > 4 and data["throughput_ips"] > 0
+
+
+def test_models_lists_the_default(capsys):
+    code, out, _ = run(capsys, "models", "--json")
+    rows = json.loads(out)
+    assert code == 0 and any(r["default"] for r in rows)
+
+
+def test_console_script_runs_as_module(model, xray_files):
+    r = subprocess.run([sys.executable, "-m", "edgedx", "classify", str(xray_files[0]), "-m", str(model), "--json"], capture_output=True, text=True)
+    assert r.returncode == 0 and json.loads(r.stdout)["status"] == "ok"

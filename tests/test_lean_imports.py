@@ -1,0 +1,29 @@
+"""The runtime stays lean: the CLI and the API load no training framework or GPU stack at import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+HEAVY = ("torch", "tensorflow", "keras", "tensorrt", "tensorrt_lean", "cuda", "pycuda", "onnxruntime", "pydicom", "onnx")
+
+
+def loaded_after(statement: str) -> set[str]:
+    code = f"import sys; {statement}; print(' '.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return set(out.split())
+
+
+def test_cli_import_loads_nothing_heavy():
+    mods = loaded_after("import edgedx.cli; edgedx.cli._mount_export()")
+    assert not mods & set(HEAVY), mods & set(HEAVY)
+
+
+def test_api_import_loads_no_gpu_or_training_stack():
+    mods = loaded_after("import edgedx.api, edgedx.decode, edgedx.preprocess")
+    assert not mods & {"torch", "tensorflow", "keras", "tensorrt", "tensorrt_lean", "cuda", "pycuda", "pydicom"}
+
+
+def test_help_runs_without_loading_backends():
+    r = subprocess.run([sys.executable, "-m", "edgedx", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "classify" in r.stdout
