@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Union
@@ -19,6 +21,7 @@ import numpy as np
 
 from edgedx import bundled, decode, manifest as manifest_mod, postprocess, preprocess
 from edgedx.backends import Session, SessionOptions, open_session, resolve_backend
+from edgedx.backends.base import cpu_count
 from edgedx.errors import EdgedxError, ModelError
 from edgedx.manifest import Manifest
 
@@ -72,6 +75,7 @@ class _Item:
     path: str | None
     frame: int | None = None
     error: str | None = None
+    sample: np.ndarray | None = None  # preprocessed, until copied into the batch buffer
 
 
 class Classifier:
@@ -83,6 +87,7 @@ class Classifier:
             result then names the backend that ran and why.
         threshold: overrides the manifest's operating threshold (binary models).
         batch_size: images per inference call in :meth:`classify_many`.
+        workers: decode/preprocess threads for :meth:`classify_many` (default: the usable cores).
         decode_options: DICOM window override, all frames, pixel limit.
         session_options: backend options (threads, CUDA graphs, ...).
         overrides: what to assume for a model that carries no manifest.
@@ -95,6 +100,7 @@ class Classifier:
         *,
         threshold: float | None = None,
         batch_size: int = 8,
+        workers: int | None = None,
         decode_options: decode.DecodeOptions | None = None,
         session_options: SessionOptions | None = None,
         overrides: ManifestOverrides | None = None,
@@ -107,6 +113,7 @@ class Classifier:
         if not self.model_path.is_file():
             raise ModelError(f"model not found: {self.model_path}")
         self.requested_backend = backend
+        self.workers = cpu_count() if workers is None else workers
         self.decode_options = decode_options or decode.DecodeOptions()
         self.threshold = threshold
         self.backend_note: str | None = None
@@ -130,28 +137,62 @@ class Classifier:
         """Classify one file or HxW[xC] frame; the first frame of a multi-frame DICOM."""
         return next(iter(self.classify_many([source])))
 
-    def classify_many(self, sources: Iterable[Source]) -> Iterator[Result]:
-        """Yield one result per input (per frame with ``all_frames``), in input order.
+    def classify_many(self, sources: Iterable[Source], *, workers: int | None = None) -> Iterator[Result]:
+        """Yield one result per input (per frame with ``all_frames``), in input order, as batches finish.
 
+        ``workers`` threads decode and preprocess ahead of inference (OpenCV and ONNX Runtime release
+        the GIL, so they overlap); at most ``2 * workers + batch_size`` files are in flight, so memory
+        stays flat whatever the number of inputs. ``workers=0`` does everything in this thread.
         Bad inputs yield error records; the others still get results.
         """
+        workers = self.workers if workers is None else workers
         items: list[_Item] = []
         filled = 0  # rows of the input buffer holding preprocessed images
-        for index, source in enumerate(sources):
-            for item, image in self._decode(index, source):
+        for loaded in self._load_ahead(sources, workers):
+            for item in loaded:
                 items.append(item)
-                if item.error is not None:
+                if item.sample is None:
                     continue
-                try:
-                    preprocess.apply(image, self.manifest.preprocess, self._buffer[filled])
-                    filled += 1
-                except EdgedxError as exc:
-                    item.error = str(exc)
+                self._buffer[filled] = item.sample
+                item.sample = None
+                filled += 1
                 if filled == self.batch_size:
                     yield from self._flush(items)
                     items, filled = [], 0
         if items:
             yield from self._flush(items)
+
+    def _load_ahead(self, sources: Iterable[Source], workers: int) -> Iterator[list[_Item]]:
+        """Decoded and preprocessed inputs, in order, ``workers`` threads ahead of the caller."""
+        if workers <= 0:
+            yield from (self._load(i, s) for i, s in enumerate(sources))
+            return
+        window = 2 * workers + self.batch_size
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="edgedx-decode")
+        pending: deque[Future[list[_Item]]] = deque()
+        try:
+            for index, source in enumerate(sources):
+                pending.append(pool.submit(self._load, index, source))
+                if len(pending) >= window:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _load(self, index: int, source: Source) -> list[_Item]:
+        """Decode and preprocess one input into items (one per frame); errors become error items."""
+        out = []
+        for item, image in self._decode(index, source):
+            if item.error is None:
+                try:
+                    item.sample = preprocess.apply(image, self.manifest.preprocess)
+                except EdgedxError as exc:
+                    item.error = str(exc)
+            out.append(item)
+        return out
 
     def predict_proba(self, images: list[np.ndarray]) -> np.ndarray:
         """Scores (N, len(labels)) for decoded images, through the model's own preprocessing.

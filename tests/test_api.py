@@ -142,3 +142,30 @@ def test_default_model_is_bundled():
 
     path = bundled.default_model()
     assert path.name == bundled.DEFAULT_CPU and path.stat().st_size > 0
+
+
+def test_pipeline_keeps_order_and_results_whatever_workers_and_batch(model, xray_files, tmp_path):
+    bad = tmp_path / "empty.jpeg"
+    bad.write_bytes(b"")
+    inputs = [*xray_files, bad, *xray_files[:2], tmp_path / "gone.png", xray_files[-1]] * 3
+    runs = []
+    for workers, batch in ((0, 1), (1, 3), (3, 8)):
+        with Classifier(model, batch_size=batch, workers=workers) as clf:
+            runs.append(list(clf.classify_many(inputs)))
+    ref = runs[0]
+    assert [r.path for r in ref] == [str(p) for p in inputs]
+    for other in runs[1:]:
+        assert [r.status for r in other] == [r.status for r in ref]
+        for x, y in zip(ref, other):
+            assert x.label == y.label
+            if x.score is not None:
+                assert abs(x.score - y.score) < 1e-6
+
+
+def test_stopping_early_leaves_no_threads_behind(model, xray_files):
+    with Classifier(model, batch_size=1, workers=2) as clf:
+        stream = clf.classify_many(xray_files * 10)
+        first = next(stream)
+        stream.close()  # what Ctrl-C or a consumer that stops does
+    assert first.status == "ok"
+    assert not [t for t in threading.enumerate() if t.name.startswith("edgedx-decode")]
