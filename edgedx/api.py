@@ -19,7 +19,8 @@ from typing import Any, Iterable, Iterator, Union
 
 import numpy as np
 
-from edgedx import bundled, decode, manifest as manifest_mod, postprocess, preprocess
+from edgedx import bundled, decode, gate, manifest as manifest_mod, postprocess, preprocess
+from edgedx.audit import AuditLog
 from edgedx.backends import Session, SessionOptions, open_session, resolve_backend
 from edgedx.backends.base import cpu_count
 from edgedx.errors import EdgedxError, ModelError
@@ -34,7 +35,8 @@ Source = Union[str, Path, np.ndarray]
 class Result:
     """One record per input (per frame for multi-frame DICOM with ``all_frames``).
 
-    ``status`` is ``ok`` or ``error``; an error record has ``error`` set and no label.
+    ``status`` is ``ok``, ``rejected`` (the input gate abstained: ``reason`` holds
+    ``code: detail``) or ``error`` (``error`` holds the message); only ``ok`` records have a label.
     ``backend_note`` says why this backend ran when ``auto`` had to fall back.
     """
 
@@ -44,6 +46,7 @@ class Result:
     scores: dict[str, float] | None = None
     error: str | None = None
     status: str = "ok"
+    reason: str | None = None
     model: str = ""
     backend: str = ""
     frame: int | None = None
@@ -75,7 +78,13 @@ class _Item:
     path: str | None
     frame: int | None = None
     error: str | None = None
+    rejected: gate.Rejection | None = None
+    sha256: str | None = None  # of the input file's bytes, for the audit trail
     sample: np.ndarray | None = None  # preprocessed, until copied into the batch buffer
+
+    @property
+    def ready(self) -> bool:
+        return self.sample is not None
 
 
 class Classifier:
@@ -88,6 +97,9 @@ class Classifier:
         threshold: overrides the manifest's operating threshold (binary models).
         batch_size: images per inference call in :meth:`classify_many`.
         workers: decode/preprocess threads for :meth:`classify_many` (default: the usable cores).
+        use_gate: abstain on inputs outside the manifest's ``accepts`` and on blank, constant or
+            saturated images (status ``rejected``).
+        audit: append one JSON line per answer to this file.
         decode_options: DICOM window override, all frames, pixel limit.
         session_options: backend options (threads, CUDA graphs, ...).
         overrides: what to assume for a model that carries no manifest.
@@ -101,6 +113,8 @@ class Classifier:
         threshold: float | None = None,
         batch_size: int = 8,
         workers: int | None = None,
+        use_gate: bool = True,
+        audit: str | Path | None = None,
         decode_options: decode.DecodeOptions | None = None,
         session_options: SessionOptions | None = None,
         overrides: ManifestOverrides | None = None,
@@ -125,6 +139,10 @@ class Classifier:
         except BaseException:
             self.session.close()
             raise
+        self.use_gate = use_gate
+        self._audit = None
+        if audit is not None:
+            self._audit = AuditLog(audit, model_sha256=file_sha256(self.model_path), manifest=self.manifest, backend_detail=self.session.describe())
         self._lock = threading.Lock()
 
     # -- public API -------------------------------------------------------------------------
@@ -151,7 +169,7 @@ class Classifier:
         for loaded in self._load_ahead(sources, workers):
             for item in loaded:
                 items.append(item)
-                if item.sample is None:
+                if not item.ready:
                     continue
                 self._buffer[filled] = item.sample
                 item.sample = None
@@ -183,10 +201,12 @@ class Classifier:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _load(self, index: int, source: Source) -> list[_Item]:
-        """Decode and preprocess one input into items (one per frame); errors become error items."""
+        """Decode, gate and preprocess one input into items (one per frame); problems become records."""
         out = []
-        for item, image in self._decode(index, source):
-            if item.error is None:
+        for item, image, info in self._decode(index, source):
+            if item.error is None and self.use_gate:
+                item.rejected = gate.check(image, info, self.manifest.accepts)
+            if item.error is None and item.rejected is None:
                 try:
                     item.sample = preprocess.apply(image, self.manifest.preprocess)
                 except EdgedxError as exc:
@@ -221,6 +241,8 @@ class Classifier:
 
     def close(self) -> None:
         self.session.close()
+        if self._audit is not None:
+            self._audit.close()
 
     def __enter__(self) -> Classifier:
         return self
@@ -270,24 +292,35 @@ class Classifier:
             postprocess.check_output(found, width)
         return found
 
-    def _decode(self, index: int, source: Source) -> Iterator[tuple[_Item, np.ndarray | None]]:
+    def _decode(self, index: int, source: Source) -> Iterator[tuple[_Item, Any, Any]]:
+        """(item, image, SourceInfo) per frame; an item with ``error`` set when decoding failed."""
         if isinstance(source, np.ndarray):
-            yield _Item(index, None), source
+            sha = hashlib.sha256(np.ascontiguousarray(source).tobytes()).hexdigest() if self._audit else None
+            yield _Item(index, None, sha256=sha), source, None
             return
         path = str(source)
+        sha = None
         try:
-            frames = decode.decode_file(path, self.decode_options)
+            if self._audit is not None:
+                data = Path(path).read_bytes()
+                sha = hashlib.sha256(data).hexdigest()
+                frames = decode.decode_bytes(data, self.decode_options)
+            else:
+                frames = decode.decode_file(path, self.decode_options)
+        except OSError as exc:
+            yield _Item(index, path, error=f"cannot read {path}: {exc.strerror or exc}"), None, None
+            return
         except EdgedxError as exc:
-            yield _Item(index, path, error=str(exc)), None
+            yield _Item(index, path, error=str(exc), sha256=sha), None, None
             return
         except Exception as exc:  # a decoder bug must not lose the other files' results
-            yield _Item(index, path, error=f"cannot decode: {type(exc).__name__}: {exc}"), None
+            yield _Item(index, path, error=f"cannot decode: {type(exc).__name__}", sha256=sha), None, None
             return
         for d in frames:
-            yield _Item(index, path, frame=d.info.frame), d.image
+            yield _Item(index, path, frame=d.info.frame, sha256=sha), d.image, d.info
 
     def _flush(self, items: list[_Item]) -> Iterator[Result]:
-        good = [it for it in items if it.error is None]
+        good = [it for it in items if it.error is None and it.rejected is None]
         predictions: list[postprocess.Prediction] = []
         if good:
             try:
@@ -299,12 +332,17 @@ class Classifier:
                     it.error = str(exc)
         results = iter(predictions)
         for it in items:
-            yield self._result(it, None if it.error else next(results))
+            result = self._result(it, next(results) if it.error is None and it.rejected is None else None)
+            if self._audit is not None:
+                self._audit.write(result, it.sha256)
+            yield result
 
     def _result(self, item: _Item, pred: postprocess.Prediction | None) -> Result:
         common = dict(path=item.path, model=str(self.model_path), backend=self.backend, frame=item.frame, backend_note=self.backend_note)
-        if pred is None:
+        if item.error is not None:
             return Result(error=item.error, status="error", **common)
+        if item.rejected is not None:
+            return Result(status="rejected", reason=str(item.rejected), **common)
         return Result(label=pred.label, score=pred.score, scores=pred.scores, threshold=pred.threshold, positive=pred.positive, **common)
 
 

@@ -77,11 +77,14 @@ def classify(
     scale: Optional[float] = typer.Option(None, help="Pixel scale before mean/std (default 1/255), for a model without a manifest."),
     resize: Optional[str] = typer.Option(None, help="stretch, letterbox or center_crop, for a model without a manifest."),
     activation: Optional[str] = typer.Option(None, help="softmax, sigmoid or none, for a model without a manifest."),
+    workers: Optional[int] = typer.Option(None, min=0, help="Decode/preprocess threads (default: the usable cores; 0: none)."),
+    no_gate: bool = typer.Option(False, "--no-gate", help="Do not abstain on inputs the model does not accept."),
+    audit: Optional[Path] = typer.Option(None, help="Append one JSON line per answer to FILE (the audit trail)."),
     threads: Optional[int] = typer.Option(None, min=1, help="CPU inference threads (default: the usable cores)."),
     no_cuda_graph: bool = typer.Option(False, "--no-cuda-graph", help="TensorRT: do not capture CUDA graphs."),
     trust_engine: bool = typer.Option(False, "--trust-engine", help="TensorRT: allow engines that carry host code."),
 ) -> None:
-    """Classify scans. Exit code 0 when every input got a result, 1 when any failed."""
+    """Classify scans. Exit code 0 when every input got an answer (ok or rejected), 1 when any failed."""
     from edgedx import api, decode, report
 
     _logging(quiet)
@@ -106,26 +109,37 @@ def classify(
         backend.value,
         threshold=threshold,
         batch_size=batch_size,
+        workers=workers,
+        use_gate=not no_gate,
+        audit=audit,
         decode_options=decode.DecodeOptions(window=center_width, all_frames=all_frames),
         session_options=_session_options(threads, not no_cuda_graph, trust_engine),
         overrides=overrides,
     )
-    failed = 0
+    counts = {"ok": 0, "rejected": 0, "error": 0}
     stream = open(output, "w", encoding="utf-8") if output else sys.stdout
+    interrupted = False
     try:
         writer = report.make_writer(fmt.value, stream, clf.manifest.labels, top_k)
-        with clf, _progress(len(files), quiet) as advance:
-            for result in clf.classify_many(files):
-                failed += result.status == "error"
-                writer.write(result)
-                advance()
+        with clf, _progress(len(files), quiet) as advance, _stop_on_sigterm():
+            try:
+                for result in clf.classify_many(files):
+                    counts[result.status] += 1
+                    writer.write(result)
+                    advance()
+            except KeyboardInterrupt:
+                interrupted = True
         writer.close()
     finally:
         if output:
             stream.close()
-    if failed:
-        log.warning("%d of %d inputs failed", failed, len(files))
-    raise typer.Exit(EXIT_INPUT_FAILED if failed else EXIT_OK)
+    done = sum(counts.values())
+    if interrupted or counts["error"] or counts["rejected"]:
+        summary = f"{done} answers for {len(files)} inputs: {counts['ok']} ok, {counts['rejected']} rejected, {counts['error']} failed"
+        log.warning("%s%s", "interrupted after " if interrupted else "", summary)
+    if interrupted:
+        raise typer.Exit(130)
+    raise typer.Exit(EXIT_INPUT_FAILED if counts["error"] else EXIT_OK)
 
 
 @app.command()
@@ -256,6 +270,28 @@ def _logging(quiet: bool) -> None:
     log.addHandler(handler)
     log.setLevel(logging.ERROR if quiet else logging.WARNING)
     log.propagate = False
+
+
+class _stop_on_sigterm:
+    """Turn SIGTERM into KeyboardInterrupt while classifying, so both stop the same clean way."""
+
+    def __enter__(self) -> None:
+        import signal
+        import threading
+
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGTERM, self._raise)
+
+    @staticmethod
+    def _raise(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc: object) -> None:
+        if self._old is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, self._old)
 
 
 class _progress:

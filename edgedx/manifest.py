@@ -160,6 +160,10 @@ def from_dict(data: Any, source: str = "manifest") -> Manifest:
     for name in ("provenance", "accepts", "engine"):
         if not isinstance(data.get(name, {}), Mapping):
             problems.append(f"{name}: must be an object")
+    if isinstance(data.get("accepts", {}), Mapping):
+        from edgedx.gate import validate_accepts
+
+        problems.extend(validate_accepts(data.get("accepts", {})))
 
     if problems or spec is None:
         raise ModelError(f"invalid manifest in {source}: " + "; ".join(problems))

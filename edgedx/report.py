@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
-import sys
 from typing import IO, Any, Protocol
 
 from edgedx.api import Result
@@ -43,17 +41,17 @@ class JsonLinesWriter:
 
 
 class CsvWriter:
-    """path, frame, status, label, score, one column per label's score, error, backend, model."""
+    """path, frame, status, label, score, one column per label's score, reason, error, backend, model."""
 
     def __init__(self, stream: IO[str], labels: tuple[str, ...]) -> None:
         self.stream, self.labels = stream, labels
         self._csv = csv.writer(stream, lineterminator="\n")
-        self._csv.writerow(["path", "frame", "status", "label", "score", *(f"score_{x}" for x in labels), "error", "backend", "model"])
+        self._csv.writerow(["path", "frame", "status", "label", "score", *(f"score_{x}" for x in labels), "reason", "error", "backend", "model"])
 
     def write(self, r: Result) -> None:
         scores = [("" if r.scores is None else f"{r.scores.get(x, 0.0):.6f}") for x in self.labels]
         score = "" if r.score is None else f"{r.score:.6f}"
-        self._csv.writerow([r.path or "", "" if r.frame is None else r.frame, r.status, r.label or "", score, *scores, r.error or "", r.backend, r.model])
+        self._csv.writerow([r.path or "", "" if r.frame is None else r.frame, r.status, r.label or "", score, *scores, r.reason or "", r.error or "", r.backend, r.model])
         self.stream.flush()
 
     def close(self) -> None:
@@ -81,6 +79,9 @@ class TableWriter:
             if r.status == "error":
                 table.add_row(name, "[red]error[/red]", "", r.error or "")
                 continue
+            if r.status == "rejected":
+                table.add_row(name, "[yellow]rejected[/yellow]", "", r.reason or "")
+                continue
             details = ""
             if self.top_k:
                 ranked = sorted((r.scores or {}).items(), key=lambda kv: -kv[1])[: self.top_k]
@@ -103,17 +104,3 @@ def make_writer(fmt: str, stream: IO[str], labels: tuple[str, ...], top_k: int |
     if fmt == "csv":
         return CsvWriter(stream, labels)
     return TableWriter(stream, top_k)
-
-
-def to_text(fmt: str, results: list[Result], labels: tuple[str, ...]) -> str:
-    """Render ``results`` to a string (tests and small tools)."""
-    buf = io.StringIO()
-    w = make_writer(fmt, buf, labels)
-    for r in results:
-        w.write(r)
-    w.close()
-    return buf.getvalue()
-
-
-def stdout() -> IO[str]:
-    return sys.stdout

@@ -75,3 +75,11 @@ def manifest_dict(*, channels: int = 1, size: int = 32, labels=("NORMAL", "PNEUM
         "precision": "fp32",
         "provenance": {"source": "tests/factories.py"},
     }
+
+
+def frame(height: int = 64, width: int = 48, channels: int = 1, seed: int = 0) -> np.ndarray:
+    """A non-constant uint8 frame (a gradient with noise) that the input gate accepts."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    img = (40 + 150 * (x + y) / (height + width) + rng.normal(0, 8, (height, width))).clip(0, 255).astype(np.uint8)
+    return img if channels == 1 else np.repeat(img[:, :, None], channels, axis=2)

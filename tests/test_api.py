@@ -8,7 +8,7 @@ import pytest
 from edgedx import Classifier
 from edgedx.api import ManifestOverrides, expand_paths
 from edgedx.errors import BackendUnavailable, ModelError, UsageError
-from tests.factories import manifest_dict, tiny_cnn
+from tests.factories import frame, manifest_dict, tiny_cnn
 
 
 @pytest.fixture
@@ -18,7 +18,7 @@ def model(tmp_path):
 
 def test_numpy_frames_in_typed_results_out(model):
     with Classifier(model) as clf:
-        r = clf.classify(np.full((64, 48), 128, np.uint8))
+        r = clf.classify(frame(64, 48))
     assert r.status == "ok" and r.error is None and r.path is None
     assert r.label in ("NORMAL", "PNEUMONIA")
     assert abs(sum(r.scores.values()) - 1.0) < 1e-9
@@ -51,10 +51,10 @@ def test_bad_file_gets_error_record_and_others_results(model, xray_files, tmp_pa
 
 
 def test_threshold_override_changes_the_decision(model):
-    frame = np.full((32, 32), 100, np.uint8)
+    img = frame(32, 32)
     with Classifier(model, threshold=0.0) as low, Classifier(model, threshold=1.0) as high:
-        assert low.classify(frame).label == "PNEUMONIA"
-        assert high.classify(frame).label == "NORMAL"
+        assert low.classify(img).label == "PNEUMONIA"
+        assert high.classify(img).label == "NORMAL"
 
 
 def test_threshold_needs_a_binary_model(tmp_path):
@@ -71,7 +71,7 @@ def test_model_without_manifest_runs_with_overrides_and_warns(tmp_path, caplog, 
     with caplog.at_level("WARNING", logger="edgedx"):
         clf = Classifier(m, overrides=ManifestOverrides(labels=["cat", "dog"], mean=(0.5,), std=(0.5,)))
     with clf:
-        assert clf.classify(np.zeros((20, 20, 3), np.uint8)).label in ("cat", "dog")
+        assert clf.classify(frame(20, 20, 3)).label in ("cat", "dog")
     assert "no edgedx manifest" in caplog.text and "scale 1/255" in caplog.text
     assert "mean" not in caplog.text.split("assumed")[1]
 
@@ -102,7 +102,7 @@ def test_unknown_backend_is_a_usage_error(model):
 def test_closed_classifier_refuses_work(model):
     clf = Classifier(model)
     clf.close()
-    r = clf.classify(np.zeros((8, 8), np.uint8))
+    r = clf.classify(frame(8, 8))
     assert r.status == "error" and "closed" in r.error
 
 

@@ -30,7 +30,7 @@ def test_json_is_one_object_per_input_in_order(capsys, model, xray_files, tmp_pa
     for key in ("path", "label", "score", "scores", "error", "model", "backend"):
         assert all(key in x for x in lines)
     assert lines[2]["error"] and lines[2]["label"] is None and lines[0]["error"] is None
-    assert "1 of 3 inputs failed" in err and "Traceback" not in err
+    assert "3 answers for 3 inputs: 2 ok, 0 rejected, 1 failed" in err and "Traceback" not in err
 
 
 def test_all_good_exits_zero_and_csv(capsys, model, xray_files):

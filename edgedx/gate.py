@@ -1,0 +1,84 @@
+"""The input gate: abstain, with a reason code, instead of a confident answer on an input the model
+was never meant to see.
+
+Two kinds of checks:
+- what the manifest's ``accepts`` section declares: DICOM ``modalities``, ``photometric``
+  interpretations, ``min_size`` (shorter side, pixels), ``channels`` of the decoded image;
+- content every model needs: not blank or constant, not saturated.
+
+Reason codes are stable strings, documented in README.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+#: Fraction of pixels at the extremes of the range above which an image counts as saturated.
+SATURATED_FRACTION = 0.95
+#: Pixel-value spread (0..255 domain) below which an image counts as constant.
+CONSTANT_SPREAD = 2.0
+ACCEPTS_KEYS = ("modalities", "photometric", "min_size", "channels")
+
+
+@dataclass(frozen=True)
+class Rejection:
+    code: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.detail}"
+
+
+def validate_accepts(accepts: Mapping[str, Any]) -> list[str]:
+    """Problems in a manifest's ``accepts`` section (for manifest validation)."""
+    problems = []
+    for key, value in accepts.items():
+        if key not in ACCEPTS_KEYS:
+            problems.append(f"accepts.{key}: unknown key (known: {', '.join(ACCEPTS_KEYS)})")
+        elif key == "min_size" and not (isinstance(value, int) and value >= 1):
+            problems.append("accepts.min_size: must be a positive integer")
+        elif key != "min_size" and not (isinstance(value, list) and value):
+            problems.append(f"accepts.{key}: must be a non-empty list")
+    return problems
+
+
+def check(image: np.ndarray, info: Any | None, accepts: Mapping[str, Any]) -> Rejection | None:
+    """The first reason to abstain on ``image`` (decoded, pixel domain), or None to go ahead.
+
+    Args:
+        image: HxW or HxWx3, uint8/uint16/float32 (0..255 display range for float).
+        info: the decoder's SourceInfo, or None for a numpy frame.
+        accepts: the manifest's ``accepts`` section.
+    """
+    modality = getattr(info, "modality", None)
+    if "modalities" in accepts and getattr(info, "format", None) == "dicom":
+        if modality not in accepts["modalities"]:
+            return Rejection("modality_not_accepted", f"DICOM modality {modality or 'unknown'}; the model accepts {', '.join(accepts['modalities'])}")
+    photometric = getattr(info, "photometric", None)
+    if "photometric" in accepts and photometric is not None and photometric not in accepts["photometric"]:
+        return Rejection("photometric_not_accepted", f"photometric interpretation {photometric}; the model accepts {', '.join(accepts['photometric'])}")
+    h, w = image.shape[:2]
+    if "min_size" in accepts and min(h, w) < accepts["min_size"]:
+        return Rejection("too_small", f"{w}x{h} pixels; the model needs at least {accepts['min_size']} on the shorter side")
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    if "channels" in accepts and channels not in accepts["channels"]:
+        return Rejection("channels_not_accepted", f"{channels} channel(s); the model accepts {accepts['channels']}")
+    return _content(image)
+
+
+def _content(image: np.ndarray) -> Rejection | None:
+    # A strided view is enough to judge spread and saturation, and costs microseconds.
+    step = max(1, min(image.shape[:2]) // 256)
+    view = image[::step, ::step]
+    top = 65535.0 if image.dtype == np.uint16 else 255.0
+    scale = 255.0 / top
+    lo, hi = float(view.min()) * scale, float(view.max()) * scale
+    if hi - lo < CONSTANT_SPREAD:
+        return Rejection("constant_image", "the image is blank or constant")
+    extreme = np.count_nonzero((view <= 0.5 / scale) | (view >= top - 0.5 / scale)) / view.size
+    if extreme > SATURATED_FRACTION:
+        return Rejection("saturated_image", f"{extreme:.0%} of pixels are at black or white")
+    return None
