@@ -319,6 +319,10 @@ class _progress:
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: run the app and map errors to one line and an exit code."""
+    import os
+
+    # OpenCV prints its own [ WARN ] lines for every broken file; edgedx reports those files itself.
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     from typer.exceptions import Abort, Exit, TyperException
 
     _mount_export()

@@ -2,19 +2,49 @@
 
 Output contract (what :mod:`edgedx.preprocess` accepts): HxW (gray) or HxWx3 (RGB order) arrays,
 uint8, uint16, or float32 in the 0..255 display range.
+
+The format is recognised from the content, never from the extension. Raster images (PNG, JPEG,
+TIFF, BMP) are decoded by OpenCV; DICOM by :mod:`edgedx.dicom`, which imports pydicom on first use.
+Image dimensions are read from the header and checked against ``max_pixels`` before any pixel is
+decoded, so a decompression bomb is refused without allocating it. Every failure is an
+:class:`InputError` with a one-line message.
 """
 
 from __future__ import annotations
 
+import math
+import re
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from edgedx.errors import InputError
+from edgedx.errors import InputError, UsageError
 
 DEFAULT_MAX_PIXELS = 100_000_000
+
+#: File extensions a directory walk picks up without looking inside.
+EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"})
+#: Bytes :func:`sniff` needs: a DICOM preamble (128) and its ``DICM`` prefix.
+HEAD_SIZE = 132
+
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+    (b"II+\x00", "tiff"),  # BigTIFF
+    (b"MM\x00+", "tiff"),
+    (b"BM", "bmp"),
+)
+_BMP_DIB_SIZES = frozenset({12, 40, 52, 56, 64, 108, 124})
+_DICOM_VRS = frozenset(
+    b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV".split()
+)
+_DICOM_LONG_VRS = frozenset(b"OB OD OF OL OV SQ SV UC UN UR UT UV".split())
 
 
 @dataclass(frozen=True)
@@ -36,20 +66,72 @@ class SourceInfo:
 @dataclass(frozen=True)
 class DecodeOptions:
     """Args:
-    window: DICOM window (center, width) overriding the file's VOI.
+    window: DICOM window (center, width) overriding the file's VOI; width must be > 0.
     all_frames: decode every frame of a multi-frame DICOM, not only the first.
-    max_pixels: refuse images with more pixels than this (decompression bombs).
+    max_pixels: refuse images with more pixels than this (decompression bombs); for DICOM, the
+        pixels of every frame that would be decoded.
+
+    Raises:
+        UsageError: a window that is not two finite numbers with width > 0, or max_pixels < 1.
     """
 
     window: tuple[float, float] | None = None
     all_frames: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
 
+    def __post_init__(self) -> None:
+        if self.window is not None:
+            if len(self.window) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in self.window):
+                raise UsageError(f"window must be two finite numbers (center, width), got {self.window!r}")
+            if self.window[1] <= 0:
+                raise UsageError(f"window width must be > 0, got {self.window[1]}")
+        if not isinstance(self.max_pixels, int) or self.max_pixels < 1:
+            raise UsageError(f"max_pixels must be a positive integer, got {self.max_pixels!r}")
+
 
 @dataclass(frozen=True)
 class Decoded:
     image: np.ndarray
     info: SourceInfo
+
+
+def sniff(head: bytes) -> str | None:
+    """The format of a file from its first bytes: 'png', 'jpeg', 'tiff', 'bmp', 'dicom' or None.
+
+    DICOM is tested first: its 128-byte preamble may itself look like a TIFF header.
+
+    Args:
+        head: the file's first :data:`HEAD_SIZE` bytes (or all of it, if shorter).
+    """
+    if head[128:132] == b"DICM" or _bare_dicom(head):
+        return "dicom"
+    for magic, fmt in _MAGIC:
+        if head.startswith(magic):
+            if fmt == "bmp" and (len(head) < 18 or int.from_bytes(head[14:18], "little") not in _BMP_DIB_SIZES):
+                return None
+            return fmt
+    return None
+
+
+def is_candidate(path: Path) -> bool:
+    """Whether a directory walk should try to decode ``path``.
+
+    True for the image and DICOM extensions in :data:`EXTENSIONS`; for files without an extension
+    (or with a numeric one, as UID-named DICOM files have) when their first bytes sniff as DICOM.
+    A DICOMDIR index holds no image and is skipped.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in EXTENSIONS:
+        return True
+    if (suffix and not suffix[1:].isdigit()) or path.name.upper() == "DICOMDIR":
+        return False
+    try:
+        with path.open("rb") as f:
+            head = f.read(HEAD_SIZE)
+    except OSError:
+        return False
+    return sniff(head) == "dicom"
 
 
 def decode_file(path: str | Path, options: DecodeOptions = DecodeOptions()) -> list[Decoded]:
@@ -67,18 +149,170 @@ def decode_file(path: str | Path, options: DecodeOptions = DecodeOptions()) -> l
 
 
 def decode_bytes(data: bytes, options: DecodeOptions = DecodeOptions()) -> list[Decoded]:
+    """Decode a file's content, whatever its name said it was.
+
+    Raises:
+        InputError: empty, unsupported, too large, truncated or corrupt.
+    """
     if not data:
         raise InputError("empty file")
+    fmt = sniff(data[:HEAD_SIZE])
+    if fmt is None:
+        raise InputError("not a supported image or DICOM file (PNG, JPEG, TIFF, BMP, DICOM)")
+    if fmt == "dicom":
+        from edgedx import dicom  # imports pydicom; it guards its own messages against patient data
+
+        return dicom.decode(data, options)
     try:
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    except cv2.error as exc:
-        raise InputError(f"cannot decode image: {str(exc).strip().splitlines()[-1]}") from None
+        return [_decode_raster(data, fmt, options.max_pixels)]
+    except InputError:
+        raise
+    except MemoryError:
+        raise InputError(f"not enough memory to decode this {fmt.upper()} image") from None
+    except Exception as exc:  # cv2.error, struct.error, ...: a per-file failure, never a traceback
+        raise InputError(f"cannot decode {fmt.upper()}: {_reason(exc)}") from None
+
+
+def check_pixels(width: int, height: int, max_pixels: int, what: str = "image", frames: int = 1) -> None:
+    """Refuse a declared size that is empty or exceeds ``max_pixels`` (before decoding anything).
+
+    Raises:
+        InputError: with both numbers, so the user knows what to raise the limit to.
+    """
+    size = f"{width}x{height}" + (f"x{frames} frames" if frames > 1 else "")
+    if width <= 0 or height <= 0 or frames <= 0:
+        raise InputError(f"malformed {what}: header declares {size} pixels")
+    if width * height * frames > max_pixels:
+        raise InputError(
+            f"{what} too large: {size} = {width * height * frames:,} pixels exceeds the limit of "
+            f"{max_pixels:,} (DecodeOptions.max_pixels)"
+        )
+
+
+def _decode_raster(data: bytes, fmt: str, max_pixels: int) -> Decoded:
+    try:
+        width, height, kind = _HEADERS[fmt](data)
+    except (struct.error, IndexError):
+        raise InputError(f"truncated or malformed {fmt.upper()} header") from None
+    check_pixels(width, height, max_pixels, f"{fmt.upper()} image")
+    # Not IMREAD_UNCHANGED: that skips the EXIF orientation. ANYDEPTH keeps 16 bit, ANYCOLOR keeps
+    # gray 2-D; alpha is dropped, palettes and CMYK become BGR.
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     if img is None:
-        raise InputError("not a decodable image")
-    if img.ndim == 3 and img.shape[2] == 4:
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    elif img.ndim == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        raise InputError(f"cannot decode {fmt.upper()}: truncated or corrupt data")
+    if img.dtype not in (np.uint8, np.uint16):
+        raise InputError(f"unsupported {fmt.upper()} pixel type {img.dtype}: expected 8 or 16-bit unsigned")
+    if img.ndim == 3:
+        img = cv2.cvtColor(img[:, :, :3], cv2.COLOR_BGR2RGB)
+        if kind == "gray" or (kind == "palette" and _channels_equal(img)):
+            img = np.ascontiguousarray(img[:, :, 0])
     h, w = img.shape[:2]
-    info = SourceInfo("image", w, h, 1 if img.ndim == 2 else 3, img.dtype.itemsize * 8)
-    return [Decoded(img, info)]
+    info = SourceInfo(fmt, w, h, 1 if img.ndim == 2 else 3, img.dtype.itemsize * 8)
+    return Decoded(img, info)
+
+
+def _channels_equal(img: np.ndarray) -> bool:
+    return bool(np.array_equal(img[:, :, 0], img[:, :, 1]) and np.array_equal(img[:, :, 0], img[:, :, 2]))
+
+
+# Header parsers: (width, height, kind), kind "gray" | "palette" | "color". They raise struct.error
+# or IndexError on truncated data and InputError on inconsistent data.
+
+
+def _png_header(data: bytes) -> tuple[int, int, str]:
+    if data[12:16] != b"IHDR":
+        raise InputError("malformed PNG: the first chunk is not IHDR")
+    width, height, _depth, color_type = struct.unpack_from(">IIBB", data, 16)
+    return width, height, {0: "gray", 4: "gray", 3: "palette"}.get(color_type, "color")
+
+
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # not DHT, JPG, DAC
+
+
+def _jpeg_header(data: bytes) -> tuple[int, int, str]:
+    pos = 2
+    while True:
+        if data[pos] != 0xFF:
+            raise InputError("malformed JPEG: bad marker")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            pos += 2
+        elif marker in (0xD9, 0xDA):
+            raise InputError("malformed JPEG: no frame header before the image data")
+        elif marker in _JPEG_SOF:
+            height, width, components = struct.unpack_from(">HHB", data, pos + 5)
+            return width, height, "gray" if components == 1 else "color"
+        else:
+            pos += 2 + struct.unpack_from(">H", data, pos + 2)[0]
+
+
+def _bmp_header(data: bytes) -> tuple[int, int, str]:
+    if struct.unpack_from("<I", data, 14)[0] == 12:  # OS/2 BITMAPCOREHEADER
+        width, height, _planes, bpp = struct.unpack_from("<HHHH", data, 18)
+    else:
+        width, height, _planes, bpp = struct.unpack_from("<iiHH", data, 18)
+    return width, abs(height), "palette" if bpp <= 8 else "color"
+
+
+def _tiff_header(data: bytes) -> tuple[int, int, str]:
+    order = "<" if data[:2] == b"II" else ">"
+    big = data[2:4] in (b"+\x00", b"\x00+")
+    if big:
+        offset, count_fmt, entry_size, value_at = struct.unpack_from(order + "Q", data, 8)[0], "Q", 20, 12
+    else:
+        offset, count_fmt, entry_size, value_at = struct.unpack_from(order + "I", data, 4)[0], "H", 12, 8
+    count = struct.unpack_from(order + count_fmt, data, offset)[0]
+    offset += struct.calcsize(count_fmt)
+    value_fmt = {3: "H", 4: "I", 16: "Q"}  # SHORT, LONG, LONG8
+    tags: dict[int, int] = {}
+    for i in range(count):
+        entry = offset + i * entry_size
+        tag, typ = struct.unpack_from(order + "HH", data, entry)
+        if tag in (256, 257, 262) and typ in value_fmt:  # ImageWidth, ImageLength, Photometric
+            tags[tag] = struct.unpack_from(order + value_fmt[typ], data, entry + value_at)[0]
+    if 256 not in tags or 257 not in tags:
+        raise InputError("malformed TIFF: no image width or length")
+    return tags[256], tags[257], {0: "gray", 1: "gray", 3: "palette"}.get(tags.get(262, 2), "color")
+
+
+_HEADERS: dict[str, Callable[[bytes], tuple[int, int, str]]] = {
+    "png": _png_header,
+    "jpeg": _jpeg_header,
+    "bmp": _bmp_header,
+    "tiff": _tiff_header,
+}
+
+
+def _bare_dicom(head: bytes) -> bool:
+    """A DICOM dataset without preamble: its first elements parse as group 0x0002/0x0008, in tag order."""
+    pos, last = 0, -1
+    for _ in range(3):
+        if pos + 8 > len(head):
+            break
+        group, element = struct.unpack_from("<HH", head, pos)
+        tag = group << 16 | element
+        if tag <= last or (last < 0 and group not in (0x0002, 0x0008)):
+            return False
+        vr = head[pos + 4 : pos + 6]
+        if vr in _DICOM_LONG_VRS:
+            if pos + 12 > len(head):
+                return True
+            length, header = struct.unpack_from("<I", head, pos + 8)[0], 12
+        elif vr in _DICOM_VRS:
+            length, header = struct.unpack_from("<H", head, pos + 6)[0], 8
+        else:  # implicit VR
+            length, header = struct.unpack_from("<I", head, pos + 4)[0], 8
+        if length % 2 and length != 0xFFFFFFFF:
+            return False
+        pos, last = pos + header + length, tag
+    return last >= 0
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for the user: OpenCV's message without its source-file prefix."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = re.sub(r"^OpenCV\([^)]*\) \S+: error: ", "", lines[-1]) if lines else ""
+    name = "OpenCV" if isinstance(exc, cv2.error) else type(exc).__name__
+    return f"{name}: {text}" if text else name

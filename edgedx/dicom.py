@@ -1,0 +1,220 @@
+"""DICOM bytes -> display-ready frames, the way a viewer shows them.
+
+Grayscale: Modality LUT (or rescale slope/intercept), then VOI (the caller's window, else the
+file's VOI LUT or first window, else the frame's min..max) onto float32 0..255, then MONOCHROME1
+inverted so that bone is bright as in MONOCHROME2. Color (RGB, YBR_FULL*, YBR_ICT/RCT, PALETTE
+COLOR): uint8 RGB.
+
+pydicom is imported here only, on first use. Messages and logs name structure (transfer syntax,
+sizes, photometric interpretation), never tag values or pixels: pydicom's own warnings, which may
+quote values, are silenced process-wide, and its exception texts are dropped when they quote a
+dataset value.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edgedx.decode import Decoded, DecodeOptions, SourceInfo, check_pixels
+from edgedx.errors import InputError
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+    from pydicom.uid import UID
+
+_PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_RGB_PHOTOMETRICS = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"})  # RGB once pydicom decodes
+_IDENTIFYING_VRS = frozenset({"AE", "AS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UT"})
+
+
+def decode(data: bytes, options: DecodeOptions) -> list[Decoded]:
+    """Decode a DICOM file's content: the first frame, or every frame with ``options.all_frames``.
+
+    Raises:
+        InputError: unreadable, no pixel data, too many pixels, unsupported transfer syntax or
+            photometric interpretation, decoder not installed, or corrupt pixel data.
+    """
+    _quiet_pydicom()
+    try:
+        return _decode(data, options)
+    except InputError:
+        raise
+    except MemoryError:
+        raise InputError("not enough memory to decode this DICOM file") from None
+    except Exception as exc:  # a last guard: the type only, the text might quote a value
+        raise InputError(f"cannot decode DICOM ({type(exc).__name__})") from None
+
+
+def _quiet_pydicom() -> None:
+    """Silence pydicom's warnings and warning logs, process-wide: they may quote tag values.
+
+    Process-wide because decoding runs in worker threads, where ``warnings.catch_warnings`` is unsafe;
+    on every call because a caller's ``catch_warnings`` may have restored the filters since (an
+    existing identical filter is replaced, not duplicated).
+    """
+    import pydicom  # noqa: F401  (first: importing it resets its logger's level)
+
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+
+
+def _decode(data: bytes, options: DecodeOptions) -> list[Decoded]:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    except Exception as exc:
+        raise InputError(f"truncated or malformed DICOM file ({type(exc).__name__})") from None
+    if not any(tag in ds for tag in _PIXEL_TAGS):
+        raise InputError("DICOM file has no pixel data: truncated, or not an image (a report, DICOMDIR, ...)")
+    rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    frames = int(ds.get("NumberOfFrames") or 1)
+    wanted = range(frames) if options.all_frames else range(1)
+    check_pixels(columns, rows, options.max_pixels, "DICOM image", frames=len(wanted))
+    tsyntax = _transfer_syntax(ds)
+    photometric = str(ds.get("PhotometricInterpretation") or "").strip().upper()
+    out = []
+    for index in wanted:
+        image = _display(_pixels(ds, index, tsyntax), ds, photometric, options.window)
+        info = SourceInfo(
+            format="dicom",
+            width=columns,
+            height=rows,
+            channels=1 if image.ndim == 2 else 3,
+            bit_depth=int(ds.get("BitsStored") or ds.get("BitsAllocated") or 0),
+            frame=index if frames > 1 else None,
+            frames=frames,
+            photometric=photometric,
+            modality=str(ds.get("Modality") or "") or None,
+            transfer_syntax=tsyntax.name,
+        )
+        out.append(Decoded(image, info))
+    return out
+
+
+def _transfer_syntax(ds: Dataset) -> UID:
+    """The dataset's transfer syntax (guessed from its encoding without file meta); refuses what cannot decode."""
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    tsyntax = ds.file_meta.get("TransferSyntaxUID")
+    if not tsyntax:
+        implicit, little = ds.original_encoding
+        tsyntax = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+        ds.file_meta.TransferSyntaxUID = tsyntax
+    tsyntax = UID(str(tsyntax))
+    label = tsyntax.name if tsyntax.name == str(tsyntax) else f"{tsyntax.name} ({tsyntax})"
+    try:
+        decoder = get_decoder(tsyntax)
+    except NotImplementedError:
+        raise InputError(f"unsupported DICOM transfer syntax {label}: no pixel data decoder exists for it") from None
+    if not decoder.is_available:
+        raise InputError(
+            f"no decoder installed for DICOM transfer syntax {label}; pydicom can use any of: "
+            f"{'; '.join(decoder.missing_dependencies)} (pip install 'edgedx[dicom]')"
+        )
+    return tsyntax
+
+
+def _pixels(ds: Dataset, index: int, tsyntax: UID) -> np.ndarray:
+    """One decoded frame, YBR_FULL* already converted to RGB by pydicom."""
+    from pydicom.pixels import pixel_array
+
+    try:
+        return pixel_array(ds, index=index)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise InputError(f"cannot decode DICOM pixel data ({tsyntax.name}): {_safe_reason(exc, ds)}") from None
+
+
+def _display(arr: np.ndarray, ds: Dataset, photometric: str, window: tuple[float, float] | None) -> np.ndarray:
+    from pydicom.pixels import apply_color_lut
+
+    if photometric in ("MONOCHROME1", "MONOCHROME2") and arr.ndim == 2:
+        out = _grayscale(arr, ds, window)
+        if photometric == "MONOCHROME1":
+            np.subtract(np.float32(255.0), out, out=out)
+        return out
+    if photometric == "PALETTE COLOR" and arr.ndim == 2:
+        rgb = apply_color_lut(arr, ds)
+        return rgb if rgb.dtype == np.uint8 else (rgb >> 8).astype(np.uint8)
+    if photometric in _RGB_PHOTOMETRICS and arr.ndim == 3 and arr.shape[2] == 3:
+        if arr.dtype == np.uint8:
+            return np.ascontiguousarray(arr)
+        top = 2 ** int(ds.get("BitsStored") or 16) - 1
+        return np.clip(np.rint(arr.astype(np.float32) * (255.0 / top)), 0, 255).astype(np.uint8)
+    raise InputError(f"unsupported DICOM photometric interpretation {photometric} with pixel shape {arr.shape}")
+
+
+def _grayscale(arr: np.ndarray, ds: Dataset, window: tuple[float, float] | None) -> np.ndarray:
+    """Modality LUT then VOI, onto float32 0..255."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    values = apply_modality_lut(arr, ds)
+    if window is not None:
+        return _window(values, window[0], window[1], "LINEAR")
+    if ds.get("VOILUTSequence"):
+        if not np.issubdtype(values.dtype, np.integer):  # a LUT indexes integers
+            values = np.rint(values).astype(np.int64)
+        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        out = apply_voi_lut(values, ds, index=0).astype(np.float32)
+        return np.clip(out * np.float32(255.0 / (2**bits - 1)), 0, 255, out=out)
+    if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+        center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+        if not width > 0:
+            raise InputError(f"DICOM window width {width} is not > 0: give a window (center, width) explicitly")
+        return _window(values, center, width, str(ds.get("VOILUTFunction") or "LINEAR").upper())
+    out = values.astype(np.float32)
+    lo, hi = float(out.min()), float(out.max())
+    out -= np.float32(lo)
+    out *= np.float32(255.0 / (hi - lo) if hi > lo else 0.0)
+    return out
+
+
+def _window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
+    """DICOM PS3.3 C.11.2.1.2 windowing (LINEAR, LINEAR_EXACT, SIGMOID) onto float32 0..255."""
+    x = values.astype(np.float32)
+    if function == "SIGMOID":
+        with np.errstate(over="ignore"):
+            return (255.0 / (1.0 + np.exp(np.float32(-4.0 / width) * (x - np.float32(center))))).astype(np.float32)
+    if function == "LINEAR_EXACT":
+        x -= np.float32(center - width / 2)
+        x *= np.float32(1.0 / width)
+    elif width > 1:
+        x -= np.float32(center - 0.5 - (width - 1) / 2)
+        x *= np.float32(1.0 / (width - 1))
+    else:  # width 1: a threshold
+        x = (x > np.float32(center - 0.5)).astype(np.float32)
+    np.clip(x, 0.0, 1.0, out=x)
+    x *= np.float32(255.0)
+    return x
+
+
+def _values(value: object) -> list[object]:
+    """An element's values as a list (pydicom gives a single value or a MultiValue)."""
+    return list(value) if isinstance(value, Sequence) and not isinstance(value, (str, bytes)) else [value]
+
+
+def _first(value: object) -> float:
+    """The first of a multi-valued element (several windows: the first is the default view)."""
+    return float(_values(value)[0])
+
+
+def _safe_reason(exc: Exception, ds: Dataset) -> str:
+    """The exception's text on one line, unless it quotes a value that may identify the patient."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())[:300]
+    if not text:
+        return type(exc).__name__
+    for element in ds.iterall():
+        if element.VR in _IDENTIFYING_VRS and element.value is not None:
+            for value in _values(element.value):
+                if len(str(value)) >= 3 and str(value) in text:
+                    return type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
