@@ -15,6 +15,10 @@ from edgedx.errors import ModelError
 _METADATA_PROPS = 14
 _IR_VERSION = 1
 _GRAPH = 7
+_GRAPH_INITIALIZER = 5
+_TENSOR_EXTERNAL_DATA = 13
+_TENSOR_DATA_LOCATION = 14
+_EXTERNAL = 1
 _WIRE_VARINT, _WIRE_I64, _WIRE_LEN, _WIRE_I32 = 0, 1, 2, 5
 
 
@@ -41,6 +45,44 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     if _IR_VERSION not in fields or _GRAPH not in fields:
         raise ModelError(f"{path} is not an ONNX model (no ir_version or graph)")
     return metadata
+
+
+def external_data_locations(path: str | Path) -> list[str]:
+    """The ``location`` of every graph initializer stored outside the file."""
+    data = Path(path).read_bytes()
+    out = []
+    try:
+        for number, graph in _iter_fields(data):
+            if number != _GRAPH or not isinstance(graph, memoryview):
+                continue
+            for gnum, tensor in _iter_fields(graph):
+                if gnum != _GRAPH_INITIALIZER or not isinstance(tensor, memoryview):
+                    continue
+                fields = list(_iter_fields(tensor))
+                if not any(n == _TENSOR_DATA_LOCATION and v == _EXTERNAL for n, v in fields):
+                    continue
+                for n, entry in fields:
+                    if n == _TENSOR_EXTERNAL_DATA:
+                        kv = dict(_iter_fields(entry))
+                        if bytes(kv.get(1, b"")) == b"location":
+                            out.append(bytes(kv.get(2, b"")).decode("utf-8", "replace"))
+    except (ValueError, IndexError) as exc:
+        raise ModelError(f"{path} is not an ONNX model ({exc})") from None
+    return out
+
+
+def check_external_data(path: str | Path) -> None:
+    """Refuse a model whose external data would be read from outside its own folder.
+
+    Raises:
+        ModelError: a location is absolute or climbs out of the model's folder.
+    """
+    path = Path(path)
+    folder = path.resolve().parent
+    for location in external_data_locations(path):
+        target = (folder / location).resolve()
+        if Path(location).is_absolute() or folder not in (target, *target.parents):
+            raise ModelError(f"{path} refers to external data outside its folder ({location!r}); refusing to load it")
 
 
 def _top_level_fields(data: bytes):

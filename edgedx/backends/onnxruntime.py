@@ -26,6 +26,7 @@ class OnnxRuntimeSession(Session):
 
     def _open(self) -> None:
         onnxfile.read_metadata(self.model_path)  # a clear ModelError for files that are not ONNX
+        onnxfile.check_external_data(self.model_path)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = self.options.threads or cpu_count()
