@@ -23,7 +23,7 @@ from edgedx import bundled, decode, gate, manifest as manifest_mod, postprocess,
 from edgedx.audit import AuditLog
 from edgedx.backends import Session, SessionOptions, open_session, resolve_backend
 from edgedx.backends.base import cpu_count
-from edgedx.errors import EdgedxError, ModelError
+from edgedx.errors import EdgedxError, ModelError, UsageError
 from edgedx.manifest import Manifest
 
 log = logging.getLogger("edgedx")
@@ -120,9 +120,9 @@ class Classifier:
         overrides: ManifestOverrides | None = None,
     ) -> None:
         if threshold is not None and not 0.0 <= threshold <= 1.0:
-            raise EdgedxError(f"threshold must be in [0, 1], got {threshold}")
+            raise UsageError(f"threshold must be in [0, 1], got {threshold}")
         if batch_size < 1:
-            raise EdgedxError(f"batch size must be >= 1, got {batch_size}")
+            raise UsageError(f"batch size must be >= 1, got {batch_size}")
         self.model_path = Path(model) if model is not None else bundled.default_model(backend)
         if not self.model_path.is_file():
             raise ModelError(f"model not found: {self.model_path}")
@@ -132,18 +132,21 @@ class Classifier:
         self.threshold = threshold
         self.backend_note: str | None = None
         self.session = self._open(backend, session_options or SessionOptions())
+        self.use_gate = use_gate
+        self._audit: AuditLog | None = None
+        self._lock = threading.Lock()  # one batch at a time owns the input buffer and the session
         try:
             self.manifest = self._manifest(overrides or ManifestOverrides())
             self.batch_size = min(batch_size, self.session.max_batch_size or batch_size)
             self._buffer = self.session.input_buffer(self.batch_size)
+            if audit is not None:
+                self._audit = AuditLog(audit, model_sha256=file_sha256(self.model_path), manifest=self.manifest, backend_detail=self.session.describe())
+        except OSError as exc:
+            self.session.close()
+            raise UsageError(f"cannot open audit file {audit}: {exc.strerror or exc}") from None
         except BaseException:
             self.session.close()
             raise
-        self.use_gate = use_gate
-        self._audit = None
-        if audit is not None:
-            self._audit = AuditLog(audit, model_sha256=file_sha256(self.model_path), manifest=self.manifest, backend_detail=self.session.describe())
-        self._lock = threading.Lock()
 
     # -- public API -------------------------------------------------------------------------
 
@@ -161,22 +164,19 @@ class Classifier:
         ``workers`` threads decode and preprocess ahead of inference (OpenCV and ONNX Runtime release
         the GIL, so they overlap); at most ``2 * workers + batch_size`` files are in flight, so memory
         stays flat whatever the number of inputs. ``workers=0`` does everything in this thread.
-        Bad inputs yield error records; the others still get results.
+        Bad inputs yield error records; the others still get results. Calls from several threads
+        are safe: each batch runs atomically.
         """
         workers = self.workers if workers is None else workers
         items: list[_Item] = []
-        filled = 0  # rows of the input buffer holding preprocessed images
+        ready = 0
         for loaded in self._load_ahead(sources, workers):
             for item in loaded:
                 items.append(item)
-                if not item.ready:
-                    continue
-                self._buffer[filled] = item.sample
-                item.sample = None
-                filled += 1
-                if filled == self.batch_size:
+                ready += item.ready
+                if ready == self.batch_size:
                     yield from self._flush(items)
-                    items, filled = [], 0
+                    items, ready = [], 0
         if items:
             yield from self._flush(items)
 
@@ -320,12 +320,16 @@ class Classifier:
             yield _Item(index, path, frame=d.info.frame, sha256=sha), d.image, d.info
 
     def _flush(self, items: list[_Item]) -> Iterator[Result]:
-        good = [it for it in items if it.error is None and it.rejected is None]
+        good = [it for it in items if it.ready]
         predictions: list[postprocess.Prediction] = []
         if good:
             try:
                 with self._lock:
-                    raw = self.session.run(self._buffer[: len(good)])
+                    batch = self._buffer[: len(good)]
+                    for row, it in enumerate(good):
+                        batch[row] = it.sample
+                        it.sample = None
+                    raw = self.session.run(batch)
                 predictions = postprocess.decide(postprocess.probabilities(raw, self.manifest), self.manifest, self.threshold)
             except EdgedxError as exc:
                 for it in good:

@@ -169,3 +169,48 @@ def test_stopping_early_leaves_no_threads_behind(model, xray_files):
         stream.close()  # what Ctrl-C or a consumer that stops does
     assert first.status == "ok"
     assert not [t for t in threading.enumerate() if t.name.startswith("edgedx-decode")]
+
+
+def test_two_threads_sharing_one_classifier_get_the_serial_answers(model, xray_files):
+    inputs = xray_files * 4
+    with Classifier(model, batch_size=3, workers=1) as clf:
+        expected = [r.scores for r in clf.classify_many(inputs)]
+        outs: dict[int, list] = {}
+
+        def work(k):
+            outs[k] = [r.scores for r in clf.classify_many(inputs)]
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    for k in range(3):
+        assert len(outs[k]) == len(expected)
+        for got, exp in zip(outs[k], expected):
+            assert got == pytest.approx(exp, abs=1e-6)
+
+
+def test_a_failing_batch_gets_error_records_and_the_run_goes_on(model, xray_files, monkeypatch):
+    with Classifier(model, batch_size=2, workers=0) as clf:
+        real_run, calls = clf.session._run, []
+
+        def flaky(batch):
+            calls.append(len(batch))
+            if len(calls) == 2:
+                raise RuntimeError("device lost")
+            return real_run(batch)
+
+        monkeypatch.setattr(clf.session, "_run", flaky)
+        results = list(clf.classify_many(xray_files))
+    assert [r.status for r in results] == ["ok", "ok", "error", "error", "ok", "ok"]
+    assert "device lost" in results[2].error and results[2].path == str(xray_files[2])
+
+
+def test_bad_arguments_are_usage_errors(model, tmp_path):
+    with pytest.raises(UsageError):
+        Classifier(model, batch_size=0)
+    with pytest.raises(UsageError):
+        Classifier(model, threshold=1.5)
+    with pytest.raises(UsageError, match="audit"):
+        Classifier(model, audit=tmp_path / "no" / "such" / "dir" / "audit.ndjson")
