@@ -1,0 +1,587 @@
+"""TensorRT backend: a guarded engine load, pinned double-buffered I/O, CUDA events and graphs.
+
+Opening an engine, in order:
+
+1. the sidecar ``<engine>.json`` exists, is a valid manifest with an ``engine`` section, and its
+   sha256 matches the plan file (:func:`file_problems`);
+2. a CUDA device exists (no TensorRT object is created without one: TensorRT can crash the process);
+3. the installed TensorRT version and this GPU's compute capability are ones the engine runs on,
+   and engines that carry host code (version-compatible) are trusted (:func:`runtime_problems`);
+4. the plan is deserialized with ``tensorrt`` or, when only it is installed, ``tensorrt_lean``.
+
+A failure of 1, 3 or 4 raises :class:`EngineGuardError` whose ``fallback_onnx`` names the engine's
+source ONNX when it still exists, so ``backend="auto"`` can run that on ONNX Runtime instead.
+
+Double buffering: the session owns two pinned input slots. ``input_buffer(n)`` hands out the free
+slot; ``submit(batch)`` queues H2D copy, inference and D2H copy on the session's stream and returns
+at once; ``wait()`` returns the oldest submitted batch's output. The CPU fills the other slot while
+the GPU runs::
+
+    buf = sess.input_buffer(n); fill(buf, batch0); sess.submit(buf)
+    for batch in rest:
+        buf = sess.input_buffer(len(batch)); fill(buf, batch)   # while the GPU runs the previous one
+        out = sess.wait()                                       # previous batch's output
+        sess.submit(buf)
+    out = sess.wait()
+
+``run(batch)`` is ``submit`` then ``wait``. Outputs are returned as new float32 arrays
+(``reuses_output_buffers`` is False).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgedx import manifest as manifest_mod
+from edgedx.backends.base import Session, TensorSpec
+from edgedx.cuda import CudaError, Resources, open_driver
+from edgedx.cuda.pipeline import BatchRange, GraphAction, SlotRing, graph_action, max_shape, numpy_dtype, tensor_nbytes
+from edgedx.errors import BackendError, BackendUnavailable, ModelError, UsageError
+
+log = logging.getLogger("edgedx")
+
+#: Every TensorRT name this module uses, as ``Class.member`` (or a module attribute). The one list a
+#: test checks against the real ``tensorrt_lean``; another test greps this file for uses outside it.
+TRT_RUNTIME_NAMES: tuple[str, ...] = (
+    "__version__",
+    "ILogger",
+    "ILogger.Severity",
+    "ILogger.Severity.INTERNAL_ERROR",
+    "ILogger.Severity.ERROR",
+    "ILogger.Severity.WARNING",
+    "Runtime",
+    "Runtime.deserialize_cuda_engine",
+    "Runtime.engine_host_code_allowed",
+    "Runtime.DLA_core",
+    "ICudaEngine.num_io_tensors",
+    "ICudaEngine.get_tensor_name",
+    "ICudaEngine.get_tensor_mode",
+    "ICudaEngine.get_tensor_shape",
+    "ICudaEngine.get_tensor_dtype",
+    "ICudaEngine.get_tensor_profile_shape",
+    "ICudaEngine.create_execution_context",
+    "IExecutionContext.set_input_shape",
+    "IExecutionContext.get_tensor_shape",
+    "IExecutionContext.set_tensor_address",
+    "IExecutionContext.execute_async_v3",
+    "TensorIOMode.INPUT",
+    "TensorIOMode.OUTPUT",
+)
+
+#: Hardware-compatible engines (AMPERE_PLUS) run on compute capability 8.0 and newer.
+HARDWARE_COMPATIBLE_MIN_MAJOR = 8
+
+
+class EngineGuardError(ModelError):
+    """The engine cannot be used here (sidecar, hash, version, GPU, trust or deserialization).
+
+    ``fallback_onnx`` is the engine's source ONNX when the sidecar names one that exists.
+    """
+
+    def __init__(self, message: str, fallback_onnx: Path | None = None) -> None:
+        super().__init__(message)
+        self.fallback_onnx = fallback_onnx
+
+
+@dataclass(frozen=True)
+class RuntimeFacts:
+    """What this machine offers an engine: the TensorRT that loads it and the GPU it runs on."""
+
+    tensorrt_version: str
+    lean: bool
+    compute_capability: str  # "8.7"
+    device_name: str
+
+
+# -- guard: pure functions over the sidecar and runtime facts ----------------------------------
+
+
+def file_problems(sidecar: Mapping[str, Any] | None, engine_sha256: str, sidecar_name: str) -> list[str]:
+    """Problems found from files alone: missing sidecar or engine section, hash mismatch."""
+    rebuild = "rebuild it with: edgedx export engine MODEL.onnx"
+    if sidecar is None:
+        return [f"no sidecar {sidecar_name} next to the engine: edgedx needs it to trust and describe the engine; {rebuild}"]
+    built = sidecar.get("engine")
+    if not isinstance(built, Mapping) or not built:
+        return [f"{sidecar_name} has no engine section (is it an ONNX manifest?); {rebuild}"]
+    if built.get("sha256") != engine_sha256:
+        return [f"the engine file does not match {sidecar_name} (sha256 differs): it was rebuilt or altered after its sidecar; {rebuild}"]
+    return []
+
+
+def runtime_problems(built: Mapping[str, Any], facts: RuntimeFacts, trust_engine: bool) -> list[str]:
+    """Problems between the engine's build facts (the sidecar's ``engine`` section) and this machine."""
+    problems = []
+    version = str(built.get("tensorrt_version", "?"))
+    vc = bool(built.get("version_compatible"))
+    if facts.lean and not vc:
+        problems.append(
+            "tensorrt_lean runs only version-compatible engines and this one was built without --version-compatible: "
+            "install tensorrt, or rebuild with --version-compatible"
+        )
+    if not vc and facts.tensorrt_version != version:
+        problems.append(
+            f"engine built with TensorRT {version}, this machine has {facts.tensorrt_version}: "
+            "rebuild it here, or build it with --version-compatible"
+        )
+    if vc and _version_tuple(facts.tensorrt_version) < _version_tuple(version):
+        problems.append(f"version-compatible engine built with TensorRT {version} needs {version} or newer, this machine has {facts.tensorrt_version}")
+    if vc and built.get("exclude_lean_runtime") and facts.tensorrt_version != version:
+        problems.append(f"engine built without its lean runtime (--exclude-lean-runtime) runs only on TensorRT {version}, this machine has {facts.tensorrt_version}")
+    cc = str(built.get("compute_capability", "?"))
+    where = f"{built.get('gpu_name', 'unknown GPU')}, compute capability {cc}"
+    if built.get("hardware_compatible"):
+        if _version_tuple(facts.compute_capability)[:1] < (HARDWARE_COMPATIBLE_MIN_MAJOR,):
+            problems.append(f"hardware-compatible engine needs compute capability 8.0+, this GPU ({facts.device_name}) is {facts.compute_capability}")
+    elif facts.compute_capability != cc:
+        problems.append(
+            f"engine built for {where}; this GPU ({facts.device_name}) is {facts.compute_capability}: "
+            "rebuild it here, or build it with --hardware-compatible (Ampere and newer)"
+        )
+    if vc and not trust_engine:
+        problems.append(
+            "engine is version-compatible, so it carries host code TensorRT would run: "
+            "pass --trust-engine (SessionOptions(trust_engine=True)) if you trust where it came from"
+        )
+    return problems
+
+
+def fallback_onnx(engine_path: Path, sidecar: Mapping[str, Any] | None) -> Path | None:
+    """The sidecar's source ONNX (relative paths are relative to the engine's folder), if it exists."""
+    built = sidecar.get("engine") if isinstance(sidecar, Mapping) else None
+    source = built.get("source_onnx") if isinstance(built, Mapping) else None
+    if not isinstance(source, str) or not source:
+        return None
+    path = Path(source)
+    path = path if path.is_absolute() else engine_path.parent / path
+    return path if path.is_file() else None
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as exc:
+        raise ModelError(f"cannot read engine {path}: {exc.strerror or exc}") from None
+    return digest.hexdigest()
+
+
+def import_tensorrt() -> tuple[Any, bool]:
+    """``(module, lean)``: the full ``tensorrt`` when installed, else ``tensorrt_lean``.
+
+    Raises:
+        BackendUnavailable: neither is installed.
+    """
+    try:
+        import tensorrt as trt
+
+        return trt, False
+    except ImportError:
+        pass
+    try:
+        import tensorrt_lean as trt
+
+        return trt, True
+    except ImportError:
+        raise BackendUnavailable("TensorRT is not installed: pip install 'edgedx[trt]' (on Jetson use JetPack's TensorRT)") from None
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", text)[:4]) or (0,)
+
+
+def _read_sidecar(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EngineGuardError(f"cannot read engine sidecar {path.name}: {exc}") from None
+    return data if isinstance(data, dict) else {}
+
+
+def make_logger(trt: Any) -> Any:
+    """A TensorRT logger that keeps errors (for one-line messages) and logs to edgedx's logger."""
+
+    class _Logger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+
+        def log(self, severity: Any, msg: str) -> None:
+            if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
+                self.errors.append(msg)
+                log.error("TensorRT: %s", msg)
+            elif severity == trt.ILogger.Severity.WARNING:
+                log.warning("TensorRT: %s", msg)
+            else:
+                log.debug("TensorRT: %s", msg)
+
+    return _Logger()
+
+
+@dataclass
+class _Slot:
+    """One pinned input buffer with its output buffer and the four events that time a batch."""
+
+    host_in: np.ndarray
+    host_out: np.ndarray
+    staging: np.ndarray | None  # float32 buffer to preprocess into when the engine input is not float32
+    events: tuple[Any, Any, Any, Any]
+    batch: int = 0
+
+
+# -- the session --------------------------------------------------------------------------------
+
+
+class TensorRTSession(Session):
+    """A TensorRT engine on one CUDA stream with two pinned input slots (see the module docstring)."""
+
+    name = "tensorrt"
+    reuses_output_buffers = False
+
+    def _open(self) -> None:
+        self._driver: Any = None
+        self._res: Resources | None = None
+        self._runtime: Any = None
+        self._engine: Any = None
+        self._context: Any = None
+        self._graph: tuple[Any, Any] | None = None  # (graph, graph_exec) for the context's current shape
+        self._graph_off: str | None = None
+        self._timings: dict[str, float] = {}
+        try:
+            self._load()
+        except BaseException:
+            self._release()
+            raise
+
+    # -- loading ----------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        path = self.model_path
+        sidecar_path = manifest_mod.sidecar_path(path)
+        sidecar = _read_sidecar(sidecar_path)
+        fallback = fallback_onnx(path, sidecar)
+        problems = file_problems(sidecar, sha256_file(path), sidecar_path.name)
+        if problems:
+            raise EngineGuardError(f"{path.name}: " + "; ".join(problems), fallback)
+        try:
+            self.manifest = manifest_mod.from_dict(sidecar, str(sidecar_path))
+        except ModelError as exc:
+            raise EngineGuardError(str(exc), fallback) from None
+        built = self.manifest.engine
+
+        # A CUDA device must exist before any TensorRT object does.
+        self._driver = open_driver(self.options.cuda_binding)
+        count, why = self._driver.probe()
+        if count == 0:
+            exc = BackendUnavailable(f"no CUDA device ({why}): TensorRT needs an NVIDIA GPU and driver; run the ONNX model on onnxruntime instead")
+            exc.fallback_onnx = fallback  # type: ignore[attr-defined]  # read by the API's backend=auto fallback
+            raise exc
+        self._binding, self._graphs_supported = self._driver.name, self._driver.supports_graphs
+        self._driver.set_device(0)
+        self.device = self._driver.device_info(0)
+
+        trt, lean = import_tensorrt()
+        self._trt, self._lean = trt, lean
+        facts = RuntimeFacts(str(trt.__version__), lean, self.device.sm, self.device.name)
+        problems = runtime_problems(built, facts, self.options.trust_engine)
+        if problems:
+            raise EngineGuardError(f"{path.name}: " + "; ".join(problems), fallback)
+
+        self._logger = make_logger(trt)
+        runtime = trt.Runtime(self._logger)
+        self._runtime = runtime
+        if built.get("version_compatible"):
+            runtime.engine_host_code_allowed = True  # trusted: checked above
+        dla_core = (built.get("build") or {}).get("dla_core")
+        if dla_core is not None:
+            runtime.DLA_core = int(dla_core)
+        engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        if engine is None:
+            detail = self._logger.errors[-1] if self._logger.errors else "no detail from TensorRT"
+            raise EngineGuardError(f"TensorRT {trt.__version__} could not deserialize {path.name}: {detail}", fallback)
+        self._engine = engine
+        self._setup_io(trt, engine)
+
+    def _setup_io(self, trt: Any, engine: Any) -> None:
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        ins = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if len(ins) != 1 or not outs:
+            raise ModelError(f"{self.model_path.name} has {len(ins)} inputs and {len(outs)} outputs; edgedx serves single-input image models")
+        inp = ins[0]
+        in_shape = tuple(int(d) for d in engine.get_tensor_shape(inp))
+        profile = None
+        if any(d < 0 for d in in_shape):
+            profile = [tuple(int(d) for d in s) for s in engine.get_tensor_profile_shape(inp, 0)]
+        self._batch = BatchRange.from_profile(in_shape, profile)
+        in_max = max_shape(in_shape, profile[2] if profile else None)
+        self._in_dtype = np.dtype(numpy_dtype(engine.get_tensor_dtype(inp).name, inp))
+        self._input = inp
+        self._in_row = in_max[1:]
+        self._dynamic = profile is not None
+
+        context = engine.create_execution_context()
+        if context is None:
+            raise BackendError(f"TensorRT could not create an execution context for {self.model_path.name} (out of GPU memory?)")
+        self._context = context
+        if self._dynamic and not context.set_input_shape(inp, in_max):
+            raise ModelError(f"engine rejects its own profile's max input shape {in_max}")
+        self._context_batch = in_max[0]
+        out_max = {o: max_shape(tuple(int(d) for d in context.get_tensor_shape(o)), None) for o in outs}
+        out_dtypes = {o: np.dtype(numpy_dtype(engine.get_tensor_dtype(o).name, o)) for o in outs}
+
+        res = self._res = Resources(self._driver)
+        self._stream = res.stream()
+        self._stream_handle = self._driver.stream_handle(self._stream)
+        self._d_in = res.device(tensor_nbytes(in_max, self._in_dtype.itemsize))
+        context.set_tensor_address(inp, self._d_in)
+        self._d_out = {o: res.device(tensor_nbytes(out_max[o], out_dtypes[o].itemsize)) for o in outs}
+        for o, ptr in self._d_out.items():
+            context.set_tensor_address(o, ptr)
+        self._output = outs[0]
+        self._out_dtype = out_dtypes[self._output]
+        self._out_row = out_max[self._output][1:]
+        staging = self._in_dtype != np.float32
+        self._slots = [
+            _Slot(
+                host_in=res.pinned(in_max, self._in_dtype),
+                host_out=res.pinned(out_max[self._output], self._out_dtype),
+                staging=np.empty(in_max, np.float32) if staging else None,
+                events=(res.event(), res.event(), res.event(), res.event()),
+            )
+            for _ in range(2)
+        ]
+        self._ring = SlotRing(len(self._slots))
+        self._warm = 0  # plain enqueues at the context's current shape
+        res.defer("CUDA graphs", self._destroy_graphs)
+
+        def spec(name: str, shape: tuple[int, ...], dtype: np.dtype) -> TensorSpec:
+            return TensorSpec(name, tuple(None if d < 0 else d for d in shape), dtype.name)
+
+        self.inputs = [spec(inp, in_shape, self._in_dtype)]
+        self.outputs = [spec(o, tuple(int(d) for d in engine.get_tensor_shape(o)), out_dtypes[o]) for o in outs]
+
+    # -- public extras ----------------------------------------------------------------------
+
+    @property
+    def max_batch_size(self) -> int | None:
+        return self._batch.max
+
+    @property
+    def pending(self) -> int:
+        """Batches submitted and not yet waited for (0, 1 or 2)."""
+        return self._ring.pending
+
+    def input_buffer(self, batch_size: int) -> np.ndarray:
+        """A float32 (N, ...) view to preprocess into: the free slot's pinned input memory itself
+        when the engine takes float32 (``submit`` then copies nothing), else a staging buffer.
+        Valid until the batch built in it is submitted; call ``submit`` before asking again."""
+        self._check_open()
+        self._batch.check(batch_size)
+        slot = self._slots[self._ring.free_slot()]
+        return (slot.staging if slot.staging is not None else slot.host_in)[:batch_size]
+
+    def submit(self, batch: np.ndarray) -> None:
+        """Queue one batch (H2D, inference, D2H) on the stream and return without waiting.
+
+        At most two batches are in flight; ``wait()`` returns their outputs in submission order.
+
+        Raises:
+            UsageError: closed session, wrong shape, batch outside the profile, or two pending.
+            BackendError: a CUDA or TensorRT call failed.
+        """
+        self._check_open()
+        if batch.ndim != len(self.inputs[0].shape):
+            raise UsageError(f"input must be {len(self.inputs[0].shape)}-D, got shape {batch.shape}")
+        n = batch.shape[0]
+        self._batch.check(n)
+        if batch.shape[1:] != self._in_row:
+            raise UsageError(f"each sample must have shape {self._in_row}, got {batch.shape[1:]}")
+        index = self._ring.free_slot()
+        slot = self._slots[index]
+        host = slot.host_in[:n]
+        if not _same_buffer(batch, host):  # input_buffer() views are already in pinned memory
+            np.copyto(host, batch, casting="same_kind")
+        self._enqueue(slot, n)
+        self._ring.submit()
+
+    def wait(self) -> np.ndarray:
+        """The oldest submitted batch's first output as a new float32 (N, ...) array.
+
+        One event synchronize per batch; ``last_timings()`` then holds its stages.
+        """
+        self._check_open()
+        slot = self._slots[self._ring.complete()]
+        cuda, (e0, e1, e2, e3) = self._driver, slot.events
+        cuda.event_synchronize(e3)
+        self._timings = {
+            "h2d": cuda.event_elapsed_ms(e0, e1),
+            "compute": cuda.event_elapsed_ms(e1, e2),
+            "d2h": cuda.event_elapsed_ms(e2, e3),
+        }
+        rows = slot.host_out.reshape(-1)[: slot.batch * int(np.prod(self._out_row, dtype=np.int64))]
+        return rows.reshape((slot.batch, *self._out_row)).astype(np.float32, copy=True)
+
+    def last_timings(self) -> dict[str, float]:
+        return dict(self._timings)
+
+    def describe(self) -> dict[str, Any]:
+        built = self.manifest.engine
+        if not self.options.cuda_graph:
+            graph = "off (disabled by option)"
+        elif not self._graphs_supported:
+            graph = f"off ({self._binding} cannot capture graphs)"
+        elif self._graph_off:
+            graph = f"off ({self._graph_off})"
+        else:
+            graph = "on"
+        return {
+            "backend": self.name,
+            "tensorrt": str(self._trt.__version__),
+            "runtime": "tensorrt_lean" if self._lean else "tensorrt",
+            "device": self.device.name,
+            "compute_capability": self.device.sm,
+            "precision": built.get("precision", self.manifest.precision),
+            "cuda_binding": self._binding,
+            "cuda_graph": graph,
+            "batch": [self._batch.min, self._batch.opt, self._batch.max],
+        }
+
+    # -- the Session template ----------------------------------------------------------------
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        if self._ring.pending:
+            raise UsageError("run() with submitted batches pending: wait() for them first")
+        self.submit(batch)
+        return self.wait()
+
+    def _close(self) -> None:
+        self._release()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise UsageError(f"{self.name} session for {self.model_path.name} is closed")
+
+    def _enqueue(self, slot: _Slot, n: int) -> None:
+        cuda, stream = self._driver, self._stream
+        e0, e1, e2, e3 = slot.events
+        action, why = graph_action(
+            enabled=self.options.cuda_graph,
+            supported=cuda.supports_graphs,
+            failed=self._graph_off is not None,
+            has_graph=self._graph is not None and self._shape_of(n) == self._context_batch,
+            warm_runs=self._warm if self._shape_of(n) == self._context_batch else 0,
+        )
+        cuda.event_record(e0, stream)
+        cuda.memcpy_htod_async(self._d_in, slot.host_in.ctypes.data, n * _row_nbytes(slot.host_in), stream)
+        cuda.event_record(e1, stream)
+        if action is not GraphAction.LAUNCH:
+            self._set_batch(n)
+        if action is GraphAction.CAPTURE and not self._capture():
+            action = GraphAction.ENQUEUE
+        if action is GraphAction.ENQUEUE:
+            self._execute()
+            self._warm += 1
+        else:  # captured just now, or earlier
+            cuda.graph_launch(self._graph[1], stream)
+        cuda.event_record(e2, stream)
+        out_bytes = n * _row_nbytes(slot.host_out)
+        cuda.memcpy_dtoh_async(slot.host_out.ctypes.data, self._d_out[self._output], out_bytes, stream)
+        cuda.event_record(e3, stream)
+        slot.batch = n
+        log.debug("tensorrt batch %d: %s (%s)", n, action.value, why)
+
+    def _shape_of(self, n: int) -> int:
+        """The batch the engine runs for ``n`` samples: ``n``, or the fixed batch (padded)."""
+        return n if self._dynamic else self._context_batch
+
+    def _set_batch(self, n: int) -> None:
+        if self._dynamic and n != self._context_batch:
+            shape = (n, *self._in_row)
+            self._destroy_graphs()  # captured for the old shape
+            if not self._context.set_input_shape(self._input, shape):
+                raise BackendError(f"TensorRT rejected input shape {shape}")
+            self._context_batch = n
+            self._warm = 0
+
+    def _execute(self) -> None:
+        if not self._context.execute_async_v3(self._stream_handle):
+            detail = self._logger.errors[-1] if self._logger.errors else "no detail from TensorRT"
+            raise BackendError(f"TensorRT enqueue failed: {detail}")
+
+    def _capture(self) -> bool:
+        """Capture the enqueue for the current shape into a graph; on failure log why and turn graphs off.
+
+        Returns True when a graph now exists (the caller launches it), False to enqueue plainly.
+        """
+        cuda, stream = self._driver, self._stream
+        graph = None
+        try:
+            cuda.graph_begin_capture(stream)
+            try:
+                captured = self._context.execute_async_v3(self._stream_handle)
+            finally:
+                graph = cuda.graph_end_capture(stream)
+            if not captured:
+                raise BackendError("execute_async_v3 returned False during capture")
+            self._graph = (graph, cuda.graph_instantiate(graph))
+            return True
+        except (CudaError, BackendError) as exc:
+            if graph is not None:
+                cuda.graph_destroy(graph)
+            self._graph_off = f"capture failed: {exc}"
+            log.warning("CUDA graph capture failed (%s); running plain TensorRT enqueues", exc)
+            return False
+
+    def _destroy_graphs(self) -> None:
+        """Drop the captured graph (CUDA frees an in-flight graph when its launch completes)."""
+        if self._graph is not None:
+            (graph, graph_exec), self._graph = self._graph, None
+            self._driver.graph_exec_destroy(graph_exec)
+            self._driver.graph_destroy(graph)
+
+    def _release(self) -> None:
+        """Free in dependency order: wait for the stream, drop TensorRT objects, then memory."""
+        try:
+            if self._res is not None and self._driver is not None and hasattr(self, "_stream"):
+                self._driver.stream_synchronize(self._stream)
+        finally:
+            self._context = None
+            self._engine = None
+            self._runtime = None
+            try:
+                if self._res is not None:
+                    res, self._res = self._res, None
+                    res.close()
+            finally:
+                if self._driver is not None:
+                    driver, self._driver = self._driver, None
+                    driver.close()
+
+
+def _row_nbytes(buffer: np.ndarray) -> int:
+    return buffer[0].nbytes if buffer.ndim else buffer.nbytes
+
+
+def _same_buffer(batch: np.ndarray, host: np.ndarray) -> bool:
+    return (
+        batch.dtype == host.dtype
+        and batch.shape == host.shape
+        and batch.flags.c_contiguous
+        and batch.ctypes.data == host.ctypes.data
+    )
