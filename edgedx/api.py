@@ -134,7 +134,7 @@ class Classifier:
         self.session = self._open(backend, session_options or SessionOptions())
         self.use_gate = use_gate
         self._audit: AuditLog | None = None
-        self._lock = threading.Lock()  # one batch at a time owns the input buffer and the session
+        self._lock = threading.RLock()  # one batch at a time owns the input buffer and the session
         try:
             self.manifest = self._manifest(overrides or ManifestOverrides())
             self.batch_size = min(batch_size, self.session.max_batch_size or batch_size)
@@ -168,17 +168,79 @@ class Classifier:
         are safe: each batch runs atomically.
         """
         workers = self.workers if workers is None else workers
+        batches = self._batches(self._load_ahead(sources, workers))
+        run = self._run_overlapped if self.session.overlapped else self._run_serial
+        for items, raw, error in run(batches):
+            yield from self._answers(items, raw, error)
+
+    def _batches(self, loaded: Iterator[list[_Item]]) -> Iterator[list[_Item]]:
+        """Group items so that each group holds ``batch_size`` preprocessed samples (errors ride along)."""
         items: list[_Item] = []
         ready = 0
-        for loaded in self._load_ahead(sources, workers):
-            for item in loaded:
+        for group in loaded:
+            for item in group:
                 items.append(item)
                 ready += item.ready
                 if ready == self.batch_size:
-                    yield from self._flush(items)
+                    yield items
                     items, ready = [], 0
         if items:
-            yield from self._flush(items)
+            yield items
+
+    def _fill(self, buffer: np.ndarray, good: list[_Item]) -> np.ndarray:
+        batch = buffer[: len(good)]
+        for row, it in enumerate(good):
+            batch[row] = it.sample
+            it.sample = None
+        return batch
+
+    def _run_serial(self, batches: Iterator[list[_Item]]) -> Iterator[tuple[list[_Item], np.ndarray | None, str | None]]:
+        """One batch at a time; each copies into the input buffer and runs atomically."""
+        for items in batches:
+            good = [it for it in items if it.ready]
+            if not good:
+                yield items, None, None
+                continue
+            try:
+                with self._lock:
+                    raw = self.session.run(self._fill(self._buffer, good))
+            except EdgedxError as exc:
+                yield items, None, str(exc)
+                continue
+            yield items, raw, None
+
+    def _run_overlapped(self, batches: Iterator[list[_Item]]) -> Iterator[tuple[list[_Item], np.ndarray | None, str | None]]:
+        """Double buffering: fill and submit batch N+1 while the device runs batch N.
+
+        Holds the lock for the whole run: the session's two slots belong to this call.
+        """
+        session: Any = self.session
+        with self._lock:
+            pending: list[_Item] | None = None
+            for items in batches:
+                good = [it for it in items if it.ready]
+                submitted, error = False, None
+                if good:
+                    try:
+                        session.submit(self._fill(session.input_buffer(len(good)), good))
+                        submitted = True
+                    except EdgedxError as exc:
+                        error = str(exc)
+                if pending is not None:
+                    yield self._collect(pending)
+                    pending = None
+                if submitted:
+                    pending = items
+                else:
+                    yield items, None, error
+            if pending is not None:
+                yield self._collect(pending)
+
+    def _collect(self, items: list[_Item]) -> tuple[list[_Item], np.ndarray | None, str | None]:
+        try:
+            return items, self.session.wait(), None  # type: ignore[attr-defined]
+        except EdgedxError as exc:
+            return items, None, str(exc)
 
     def _load_ahead(self, sources: Iterable[Source], workers: int) -> Iterator[list[_Item]]:
         """Decoded and preprocessed inputs, in order, ``workers`` threads ahead of the caller."""
@@ -319,24 +381,19 @@ class Classifier:
         for d in frames:
             yield _Item(index, path, frame=d.info.frame, sha256=sha), d.image, d.info
 
-    def _flush(self, items: list[_Item]) -> Iterator[Result]:
-        good = [it for it in items if it.ready]
-        predictions: list[postprocess.Prediction] = []
-        if good:
-            try:
-                with self._lock:
-                    batch = self._buffer[: len(good)]
-                    for row, it in enumerate(good):
-                        batch[row] = it.sample
-                        it.sample = None
-                    raw = self.session.run(batch)
-                predictions = postprocess.decide(postprocess.probabilities(raw, self.manifest), self.manifest, self.threshold)
-            except EdgedxError as exc:
-                for it in good:
-                    it.error = str(exc)
-        results = iter(predictions)
+    def _answers(self, items: list[_Item], raw: np.ndarray | None, error: str | None) -> Iterator[Result]:
+        """Results for one batch's items, in order; ``error`` fails every item that was run."""
+        predictions: Iterator[postprocess.Prediction] = iter(())
+        if raw is not None:
+            predictions = iter(postprocess.decide(postprocess.probabilities(raw, self.manifest), self.manifest, self.threshold))
         for it in items:
-            result = self._result(it, next(results) if it.error is None and it.rejected is None else None)
+            pred = None
+            if it.error is None and it.rejected is None:
+                if error is not None:
+                    it.error = error
+                else:
+                    pred = next(predictions)
+            result = self._result(it, pred)
             if self._audit is not None:
                 self._audit.write(result, it.sha256)
             yield result

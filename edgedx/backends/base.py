@@ -84,6 +84,9 @@ class Session(ABC):
     name: ClassVar[str]
     #: True when ``run`` returns a view of a buffer that the next ``run`` overwrites.
     reuses_output_buffers: ClassVar[bool] = False
+    #: True when the session also offers ``submit(batch)`` / ``wait()`` with two batches in flight,
+    #: so the host can fill the next batch while the device runs the previous one.
+    overlapped: ClassVar[bool] = False
 
     def __init__(self, model_path: str | Path, options: SessionOptions | None = None) -> None:
         self.model_path = Path(model_path)

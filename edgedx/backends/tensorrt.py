@@ -250,6 +250,7 @@ class TensorRTSession(Session):
 
     name = "tensorrt"
     reuses_output_buffers = False
+    overlapped = True
 
     def _open(self) -> None:
         self._driver: Any = None
