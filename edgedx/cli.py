@@ -256,6 +256,9 @@ def _mount_export() -> None:
         from export import cli as export_cli
     except ImportError:  # a runtime-only install without the export package
         return
+    from export.engine_cli import engine_command
+
+    export_cli.app.command("engine")(engine_command)
     app.add_typer(export_cli.app, name="export", help="Workstation side: ONNX export, quantization, engines, verification.")
     app.command("eval")(export_cli.eval_command)
 
