@@ -320,29 +320,35 @@ class _progress:
             self._p.stop()
 
 
+def _usage_error_types() -> tuple[type[Exception], ...]:
+    """The exception class typer raises for usage errors: click's, or typer's own vendored copy (>= 0.26)."""
+    try:
+        from typer.exceptions import TyperException
+
+        return (TyperException,)
+    except ImportError:
+        import click
+
+        return (click.ClickException,)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: run the app and map errors to one line and an exit code."""
     import os
 
     # OpenCV prints its own [ WARN ] lines for every broken file; edgedx reports those files itself.
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
-    from typer.exceptions import Abort, Exit, TyperException
-
     _mount_export()
     try:
         # Without standalone mode, typer returns a command's Exit code instead of raising it.
         code = app(args=argv, prog_name="edgedx", standalone_mode=False)
         return code if isinstance(code, int) else EXIT_OK
-    except Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except TyperException as exc:  # usage errors: typer shows the usage line and the problem
-        show = getattr(exc, "show", None)
-        if show is not None:
-            show(file=sys.stderr)
-        else:
-            print(f"edgedx: error: {exc.format_message()}", file=sys.stderr)
+    except _usage_error_types() as exc:  # typer shows the usage line and the problem
+        exc.show(file=sys.stderr)
         return exc.exit_code
-    except Abort:
+    except typer.Abort:
         print("edgedx: interrupted", file=sys.stderr)
         return 130
     except EdgedxError as exc:
