@@ -15,7 +15,7 @@ from typing import List, Optional
 
 import typer
 
-from edgedx.errors import EXIT_INPUT_FAILED, EXIT_OK, EXIT_USAGE, EdgedxError, UsageError
+from edgedx.errors import EXIT_INPUT_FAILED, EXIT_OK, EdgedxError, UsageError
 
 app = typer.Typer(
     help="Edge inference for medical-image screening: classify scans, inspect and benchmark models.",
@@ -87,7 +87,7 @@ def classify(
     """Classify scans. Exit code 0 when every input got an answer (ok or rejected), 1 when any failed."""
     from edgedx import api, decode, report
 
-    _logging(quiet)
+    log_to_stderr(quiet)
     if as_json:
         fmt = Format.json
     center_width = _floats(window, "--window")
@@ -152,7 +152,7 @@ def info(
     from edgedx import api
     from edgedx.backends import available_backends
 
-    _logging(False)
+    log_to_stderr(False)
     with api.Classifier(model, backend.value) as clf:
         data = clf.info()
     data["backends_here"] = {k: (v or "available") for k, v in available_backends().items()}
@@ -198,7 +198,7 @@ def bench(
     from edgedx import api
     from edgedx import bench as benchmod
 
-    _logging(as_json)
+    log_to_stderr(as_json)
     if model and engine:
         raise UsageError("give --model or --engine, not both")
     if iterations is None and duration is None:
@@ -263,7 +263,7 @@ def _mount_export() -> None:
     app.command("eval")(export_cli.eval_command)
 
 
-def _logging(quiet: bool) -> None:
+def log_to_stderr(quiet: bool = False) -> None:
     """Warnings of the ``edgedx`` logger to the current stderr (never stdout), once per run."""
     for handler in [h for h in log.handlers if getattr(h, "_edgedx_cli", False)]:
         log.removeHandler(handler)

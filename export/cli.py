@@ -17,6 +17,7 @@ from typing import Any, List, Optional
 
 import typer
 
+from edgedx.cli import Backend, log_to_stderr
 from edgedx.errors import EXIT_INPUT_FAILED, UsageError
 
 app = typer.Typer(
@@ -26,12 +27,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 log = logging.getLogger("edgedx")
-
-
-class Backend(str, Enum):
-    auto = "auto"
-    onnxruntime = "onnxruntime"
-    tensorrt = "tensorrt"
 
 
 class TargetChoice(str, Enum):
@@ -82,7 +77,7 @@ def onnx_command(
     """Export a PyTorch or Keras model to one self-contained ONNX file with its manifest, checked on real images."""
     from export import to_onnx
 
-    _log_to_stderr()
+    log_to_stderr()
     tol = to_onnx.Tolerance(atol, min_agreement)
     files = _pick(_expand(images), num_images) if images else None
     if model.suffix.lower() in (".keras", ".h5", ".hdf5"):
@@ -129,7 +124,7 @@ def quantize_command(
     from edgedx.evaluate import Gate, GateFailed
     from export import quantize as quant
 
-    _log_to_stderr()
+    log_to_stderr()
     options = quant.QuantizeOptions(
         target=quant.Target(target.value), method=quant.Method(method.value), num_images=num_images,
         exclude=tuple(x for item in exclude or () for x in item.split(",") if x), percentile=percentile, cache=not no_cache,
@@ -163,7 +158,7 @@ def fp16_command(
     """Convert an FP32 ONNX model to FP16 weights and compute (float32 inputs/outputs) for TensorRT."""
     from export import quantize as quant
 
-    _log_to_stderr()
+    log_to_stderr()
     files = _pick(_expand(images), num_images) if images else None
     result = quant.to_fp16(model, output, images=files, atol=atol)
     if as_json:
@@ -196,7 +191,7 @@ def verify_command(
     from edgedx import evaluate
     from edgedx.api import Classifier
 
-    _log_to_stderr()
+    log_to_stderr()
     gate = evaluate.Gate(max_auc_drop, max_accuracy_drop, max_sensitivity_drop, max_flip_rate)
     with Classifier(reference, reference_backend.value, batch_size=batch_size) as ref, \
             Classifier(candidate, backend.value, batch_size=batch_size) as cand:
@@ -224,7 +219,7 @@ def eval_command(
     from edgedx import evaluate
     from edgedx.api import Classifier
 
-    _log_to_stderr()
+    log_to_stderr()
     with Classifier(model, backend.value, threshold=threshold, batch_size=batch_size) as clf:
         dataset = evaluate.load_dataset(data, clf.manifest.labels, split).limit(limit)
         report = evaluate.evaluate(clf, dataset, threshold, batch_size)
@@ -394,13 +389,3 @@ def _torch_manifest(manifest_file, labels, positive, threshold, size, channels, 
         raise UsageError(str(exc).replace("invalid manifest in command-line options: ", "")) from None
 
 
-def _log_to_stderr() -> None:
-    """Warnings of the ``edgedx`` logger to the current stderr (never stdout), once per command."""
-    for handler in [h for h in log.handlers if getattr(h, "_edgedx_cli", False)]:
-        log.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("edgedx: %(levelname)s: %(message)s"))
-    handler._edgedx_cli = True  # type: ignore[attr-defined]
-    log.addHandler(handler)
-    log.setLevel(logging.WARNING)
-    log.propagate = False
