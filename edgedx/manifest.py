@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from edgedx.errors import ModelError
-from edgedx.preprocess import Layout, PreprocessSpec, ResizePolicy
+from edgedx.preprocess import PreprocessSpec, ResizePolicy
 
 SCHEMA = "edgedx.manifest"
 SCHEMA_VERSION = 1

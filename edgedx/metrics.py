@@ -96,7 +96,6 @@ def summarize(
         aucs = [roc_auc(labels == c, probs[:, c]) for c in range(k)]
         aucs = [a for a in aucs if a is not None]
         recalls = [confusion[c, c] / confusion[c].sum() for c in range(k) if confusion[c].sum()]
-        precisions = [confusion[c, c] / confusion[:, c].sum() for c in range(k) if confusion[:, c].sum()]
         out.update(
             auc=float(np.mean(aucs)) if aucs else None,
             macro_recall=float(np.mean(recalls)) if recalls else None,

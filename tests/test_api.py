@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import threading
 
-import numpy as np
 import pytest
 
 from edgedx import Classifier
