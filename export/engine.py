@@ -2,17 +2,9 @@
 
 Precision comes from the ONNX, never from a builder switch that could quietly build something else:
 an FP16 ONNX (FP16 weights, e.g. from ModelOpt AutoCast) for ``fp16``, a symmetric int8 Q/DQ ONNX
-for ``int8``, an FP32 ONNX for ``fp32``. :func:`check_precision` refuses a mismatch.
-
-TensorRT 11 networks are always strongly typed and it has no FP16/INT8 builder flags or
-calibrators. TensorRT 10 (JetPack 6 on Orin) gets (see :func:`select_flags`):
-
-- fp16: a strongly typed network (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``), so every layer
-  keeps the ONNX's types as TensorRT 11 would; on DLA, which TensorRT 10 drives in weakly typed
-  mode, ``BuilderFlag.FP16`` instead.
-- int8: ``BuilderFlag.INT8``, which TensorRT 10 needs to build explicit Q/DQ quantization; layers
-  outside Q/DQ stay in the ONNX's float type (no FP16 flag is added).
-- fp32: no precision flag.
+for ``int8``, an FP32 ONNX for ``fp32``. :func:`check_precision` (:mod:`export.onnx_precision`)
+refuses a mismatch; :func:`select_flags` (:mod:`export.engine_flags`) is the per-TensorRT-version
+table of network and builder flags. Both are importable from here too.
 
 Every TensorRT name this module touches is in :data:`BUILDER_NAMES` (common to both versions) or
 picked from :func:`select_flags`'s table; tests check both against NVIDIA's documented API.
@@ -23,20 +15,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from edgedx.errors import BackendError, BackendUnavailable, ModelError, UsageError
+from export.engine_flags import PRECISIONS, SUPPORTED_MAJORS, BuildFlags, select_flags  # noqa: F401  (re-exported)
+from export.onnx_precision import OnnxPrecision, check_precision, inspect_onnx, load_onnx  # noqa: F401  (re-exported)
 
 log = logging.getLogger("edgedx")
 
-PRECISIONS = ("fp32", "fp16", "int8")
-SUPPORTED_MAJORS = (10, 11)
 SIDECAR_FORMAT = 1
 
 #: TensorRT names build_engine uses directly, in every supported version (``Class.member``).
@@ -72,72 +63,6 @@ BUILDER_NAMES: tuple[str, ...] = (
 
 
 # -- pure decisions ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BuildFlags:
-    """TensorRT names to set for one build (``Enum.MEMBER`` strings, resolved on the module)."""
-
-    network_flags: tuple[str, ...] = ()
-    builder_flags: tuple[str, ...] = ()
-    hardware_compatibility_level: str | None = None
-    device_type: str | None = None
-
-    def names(self) -> tuple[str, ...]:
-        extra = (self.hardware_compatibility_level, self.device_type)
-        return (*self.network_flags, *self.builder_flags, *(x for x in extra if x))
-
-
-def select_flags(
-    major: int,
-    precision: str,
-    *,
-    dla_core: int | None = None,
-    gpu_fallback: bool = False,
-    version_compatible: bool = False,
-    exclude_lean_runtime: bool = False,
-    hardware_compatible: bool = False,
-) -> BuildFlags:
-    """The network-creation and builder flags for TensorRT ``major`` (the per-version table).
-
-    Raises:
-        BackendUnavailable: a TensorRT major version edgedx does not build with.
-        UsageError: an option combination TensorRT cannot build.
-    """
-    if major not in SUPPORTED_MAJORS:
-        raise BackendUnavailable(f"TensorRT {major}.x is not supported: edgedx builds engines with TensorRT 10 or 11")
-    if precision not in PRECISIONS:
-        raise UsageError(f"unknown precision {precision!r}: choose {', '.join(PRECISIONS)}")
-    if gpu_fallback and dla_core is None:
-        raise UsageError("--gpu-fallback applies only with --dla-core")
-    if dla_core is not None and precision == "fp32":
-        raise UsageError("DLA runs FP16 and INT8 only: give an FP16 or INT8 ONNX and --precision fp16/int8, or drop --dla-core")
-    if dla_core is not None and hardware_compatible:
-        raise UsageError("--hardware-compatible engines run on GPUs only; drop --dla-core or --hardware-compatible")
-    if exclude_lean_runtime and not version_compatible:
-        raise UsageError("--exclude-lean-runtime applies only with --version-compatible")
-    network_flags: list[str] = []
-    builder_flags: list[str] = []
-    if major == 10:
-        if precision == "fp16":
-            if dla_core is None:
-                network_flags.append("NetworkDefinitionCreationFlag.STRONGLY_TYPED")
-            else:
-                builder_flags.append("BuilderFlag.FP16")
-        elif precision == "int8":
-            builder_flags.append("BuilderFlag.INT8")
-    if gpu_fallback:
-        builder_flags.append("BuilderFlag.GPU_FALLBACK")
-    if version_compatible:
-        builder_flags.append("BuilderFlag.VERSION_COMPATIBLE")
-    if exclude_lean_runtime:
-        builder_flags.append("BuilderFlag.EXCLUDE_LEAN_RUNTIME")
-    return BuildFlags(
-        network_flags=tuple(network_flags),
-        builder_flags=tuple(builder_flags),
-        hardware_compatibility_level="HardwareCompatibilityLevel.AMPERE_PLUS" if hardware_compatible else None,
-        device_type="DeviceType.DLA" if dla_core is not None else None,
-    )
 
 
 def parse_batch(text: str) -> tuple[int, int, int]:
@@ -183,104 +108,6 @@ def profile_shapes(
         if all(isinstance(d, int) and d > 0 for d in input_dims):
             return None
     return tuple((b, *rest) for b in batch)  # type: ignore[return-value]
-
-
-_FLOAT_TYPES = {1: "float32", 10: "float16", 16: "bfloat16", 11: "float64"}
-_INT8, _UINT8 = 3, 2
-
-
-@dataclass(frozen=True)
-class OnnxPrecision:
-    """What an ONNX model's weights and quantization nodes say about its precision."""
-
-    float_elements: dict[str, int] = field(default_factory=dict)
-    qdq_nodes: int = 0
-    zero_point_problems: tuple[str, ...] = ()
-
-    @property
-    def fp16_fraction(self) -> float:
-        total = sum(self.float_elements.values())
-        return self.float_elements.get("float16", 0) / total if total else 0.0
-
-    @property
-    def detected(self) -> str:
-        if self.qdq_nodes:
-            return "int8"
-        return "fp16" if self.float_elements.get("float16", 0) else "fp32"
-
-
-def inspect_onnx(model: Any) -> OnnxPrecision:
-    """Count float weight elements by type and check Q/DQ zero points (``model``: onnx.ModelProto)."""
-    from onnx import numpy_helper
-
-    graph = model.graph
-    tensors = {t.name: t for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value" and attr.HasField("t"):
-                    tensors[node.output[0]] = attr.t
-    counts: dict[str, int] = {}
-    for t in tensors.values():
-        kind = _FLOAT_TYPES.get(t.data_type)
-        if kind:
-            counts[kind] = counts.get(kind, 0) + math.prod(t.dims)
-    qdq = 0
-    problems: list[str] = []
-    for node in graph.node:
-        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
-            continue
-        qdq += 1
-        zp = node.input[2] if len(node.input) > 2 and node.input[2] else None
-        label = node.name or node.op_type
-        if zp is None:
-            out_type = next((a.i for a in node.attribute if a.name == "output_dtype"), 0)
-            source = tensors.get(node.input[0])
-            if node.op_type == "QuantizeLinear" and out_type != _INT8:
-                problems.append(f"{label}: no zero point, so it quantizes to uint8")
-            elif node.op_type == "DequantizeLinear" and source is not None and source.data_type == _UINT8:
-                problems.append(f"{label}: dequantizes uint8 weights")
-            continue
-        t = tensors.get(zp)
-        if t is None:
-            problems.append(f"{label}: zero point {zp!r} is computed, not a constant")
-        elif t.data_type != _INT8:
-            problems.append(f"{label}: zero point type is not int8")
-        else:
-            try:
-                if numpy_helper.to_array(t).any():
-                    problems.append(f"{label}: non-zero zero point (asymmetric)")
-            except Exception:  # noqa: BLE001 (external data is not loaded)
-                problems.append(f"{label}: zero point stored outside the model file")
-    return OnnxPrecision(counts, qdq, tuple(problems))
-
-
-def check_precision(requested: str, info: OnnxPrecision, name: str) -> None:
-    """Refuse to build ``requested`` from an ONNX whose weights say otherwise.
-
-    Raises:
-        UsageError: naming what the ONNX is and what to do.
-    """
-    autocast = "python -m modelopt.onnx.autocast --onnx_path MODEL.onnx --low_precision_type fp16 --keep_io_types"
-    pct = f"{100 * info.fp16_fraction:.0f}%"
-    if info.float_elements.get("bfloat16"):
-        raise UsageError(f"{name} holds BF16 weights; edgedx builds fp32, fp16 and int8 engines only")
-    if requested == "int8":
-        if not info.qdq_nodes:
-            raise UsageError(
-                f"{name} has no QuantizeLinear/DequantizeLinear nodes (it is an {info.detected} model): TensorRT builds INT8 "
-                f"only from a Q/DQ ONNX; quantize it first (edgedx export quantize), or ask --precision {info.detected}"
-            )
-        if info.zero_point_problems:
-            shown = "; ".join(info.zero_point_problems[:3])
-            raise UsageError(f"{name} is not symmetric int8 Q/DQ, which TensorRT needs (int8 zero point 0): {shown}")
-        return
-    if info.qdq_nodes:
-        raise UsageError(f"{name} is a Q/DQ (INT8) model; ask --precision int8")
-    if requested == "fp16" and not info.float_elements.get("float16"):
-        raise UsageError(f"{name} holds no FP16 weights (it is FP32): convert it first ({autocast}), or ask --precision fp32")
-    if requested == "fp32" and info.float_elements.get("float16"):
-        raise UsageError(f"{name} holds FP16 weights ({pct} of weights): ask --precision fp16")
 
 
 def engine_section(
@@ -391,7 +218,8 @@ def build_engine(
         BackendError: TensorRT failed to build.
     """
     from edgedx import manifest as manifest_mod
-    from edgedx.backends.tensorrt import make_logger, sha256_file
+    from edgedx.backends.trt_guard import sha256_file
+    from edgedx.backends.trt_runtime import make_logger
     from edgedx.cuda import open_driver
 
     onnx_path = Path(onnx_path)
@@ -401,7 +229,7 @@ def build_engine(
     manifest = manifest_mod.load(onnx_path)
     if manifest is None:
         raise ModelError(f"{onnx_path.name} carries no edgedx manifest: export it with edgedx export onnx, which embeds one")
-    model = _load_onnx(onnx_path)
+    model = load_onnx(onnx_path)
     info = inspect_onnx(model)
     check_precision(precision, info, onnx_path.name)
     dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in model.graph.input[0].type.tensor_type.shape.dim]
@@ -548,16 +376,6 @@ def _flag_bits(trt: Any, names: Sequence[str]) -> int:
         bits |= 1 << int(_resolve(trt, name))
     return bits
 
-
-def _load_onnx(path: Path) -> Any:
-    try:
-        import onnx
-    except ImportError:
-        raise BackendUnavailable("checking the ONNX's precision needs the onnx package: pip install 'edgedx[export]'") from None
-    try:
-        return onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 (onnx raises DecodeError, OSError...)
-        raise ModelError(f"cannot read ONNX {path}: {exc}") from None
 
 
 def _spatial(manifest: Any, rank: int) -> tuple[int, ...] | None:

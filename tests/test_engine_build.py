@@ -12,9 +12,13 @@ import numpy as np
 import pytest
 
 import export.engine as eng
-from edgedx.backends.tensorrt import RuntimeFacts, file_problems, runtime_problems
+import export.engine_flags as engine_flags
+import export.onnx_precision as onnx_precision
+from edgedx.backends.trt_guard import RuntimeFacts, file_problems, runtime_problems
 from edgedx.errors import BackendUnavailable, ModelError, UsageError
-from export.engine import BUILDER_NAMES, check_precision, inspect_onnx, parse_batch, profile_shapes, select_flags
+from export.engine import BUILDER_NAMES, parse_batch, profile_shapes
+from export.engine_flags import select_flags
+from export.onnx_precision import check_precision, inspect_onnx
 from tests.test_tensorrt import FakeCuda, attribute_uses
 
 onnx = pytest.importorskip("onnx", reason="onnx not installed (pip install 'edgedx[test]')")
@@ -85,7 +89,7 @@ REMOVED_IN_11 = ("BuilderFlag.FP16", "BuilderFlag.INT8", "BuilderFlag.BF16", "Bu
 
 def all_flag_choices(major: int):
     """Every valid option combination's BuildFlags for ``major``."""
-    for precision, dla, fallback, vc, lean, hc in itertools.product(eng.PRECISIONS, (None, 0), (False, True), (False, True), (False, True), (False, True)):
+    for precision, dla, fallback, vc, lean, hc in itertools.product(engine_flags.PRECISIONS, (None, 0), (False, True), (False, True), (False, True), (False, True)):
         try:
             yield select_flags(major, precision, dla_core=dla, gpu_fallback=fallback, version_compatible=vc,
                                exclude_lean_runtime=lean, hardware_compatible=hc)
@@ -128,7 +132,7 @@ BUILD_RECEIVERS = {"trt": "", "builder": "Builder", "config": "IBuilderConfig", 
 
 
 def test_build_engine_source_uses_only_listed_names():
-    used = attribute_uses(Path(eng.__file__), BUILD_RECEIVERS)
+    used = set().union(*(attribute_uses(Path(m.__file__), BUILD_RECEIVERS) for m in (eng, engine_flags, onnx_precision)))
     assert "Builder.build_serialized_network" in used
     assert sorted(used - set(BUILDER_NAMES)) == []
 
@@ -143,7 +147,7 @@ def test_tensorrt_11_never_sets_a_precision_flag():
 
 
 def test_tensorrt_10_precision_flags():
-    assert select_flags(10, "fp32") == eng.BuildFlags()
+    assert select_flags(10, "fp32") == engine_flags.BuildFlags()
     assert select_flags(10, "fp16").network_flags == ("NetworkDefinitionCreationFlag.STRONGLY_TYPED",)
     assert select_flags(10, "fp16").builder_flags == ()
     assert select_flags(10, "int8").builder_flags == ("BuilderFlag.INT8",)

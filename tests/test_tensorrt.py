@@ -12,16 +12,12 @@ import numpy as np
 import pytest
 
 import edgedx.backends.tensorrt as trt_backend
+import edgedx.backends.trt_guard as trt_guard
+import edgedx.backends.trt_runtime as trt_runtime
 from edgedx.backends.base import SessionOptions
-from edgedx.backends.tensorrt import (
-    TRT_RUNTIME_NAMES,
-    EngineGuardError,
-    RuntimeFacts,
-    TensorRTSession,
-    fallback_onnx,
-    file_problems,
-    runtime_problems,
-)
+from edgedx.backends.tensorrt import TensorRTSession
+from edgedx.backends.trt_guard import EngineGuardError, RuntimeFacts, fallback_onnx, file_problems, runtime_problems
+from edgedx.backends.trt_runtime import TRT_RUNTIME_NAMES
 from edgedx.cuda import CudaDriver, CudaError, DeviceInfo
 from edgedx.errors import BackendUnavailable, UsageError
 
@@ -46,7 +42,10 @@ def test_every_runtime_name_exists_in_the_real_tensorrt_lean():
     assert not missing, f"tensorrt_lean {trt.__version__} lacks {missing}"
 
 
-#: Variable (or ``self._`` attribute) name in edgedx/backends/tensorrt.py -> the TensorRT class it holds.
+#: Every module that calls TensorRT at run time: the session, and the import and logger it uses.
+RUNTIME_MODULES = (trt_backend, trt_runtime, trt_guard)
+
+#: Variable (or ``self._`` attribute) name in those modules -> the TensorRT class it holds.
 RECEIVERS = {"trt": "", "runtime": "Runtime", "engine": "ICudaEngine", "context": "IExecutionContext"}
 
 
@@ -77,11 +76,26 @@ def attribute_uses(path: Path, receivers: dict[str, str]) -> set[str]:
     return used
 
 
-def test_the_name_list_covers_every_tensorrt_use_in_the_module():
-    used = attribute_uses(Path(trt_backend.__file__), RECEIVERS)
+def test_the_name_list_covers_every_tensorrt_use_in_the_runtime_modules():
+    used = set().union(*(attribute_uses(Path(m.__file__), RECEIVERS) for m in RUNTIME_MODULES))
     assert "IExecutionContext.execute_async_v3" in used and "Runtime.deserialize_cuda_engine" in used
+    assert "ILogger.Severity.ERROR" in used  # make_logger, in trt_runtime
     unlisted = sorted(u for u in used if u not in TRT_RUNTIME_NAMES)
     assert not unlisted, f"used but not in TRT_RUNTIME_NAMES: {unlisted}"
+
+
+def test_every_module_under_backends_that_names_tensorrt_is_scanned():
+    backends = Path(trt_backend.__file__).parent
+    scanned = {Path(m.__file__).name for m in RUNTIME_MODULES}
+    calling = {p.name for p in backends.glob("*.py") if attribute_uses(p, {"trt": ""})}
+    assert calling <= scanned, f"modules calling TensorRT but not scanned: {sorted(calling - scanned)}"
+
+
+def test_moved_names_stay_importable_from_the_backend_module():
+    for name in ("EngineGuardError", "RuntimeFacts", "file_problems", "runtime_problems", "fallback_onnx", "sha256_file"):
+        assert getattr(trt_backend, name) is getattr(trt_guard, name), name
+    for name in ("TRT_RUNTIME_NAMES", "import_tensorrt", "make_logger"):
+        assert getattr(trt_backend, name) is getattr(trt_runtime, name), name
 
 
 def test_dtype_names_are_real_tensorrt_datatypes():

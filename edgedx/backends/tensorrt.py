@@ -10,7 +10,9 @@ Opening an engine, in order:
 4. the plan is deserialized with ``tensorrt`` or, when only it is installed, ``tensorrt_lean``.
 
 A failure of 1, 3 or 4 raises :class:`EngineGuardError` whose ``fallback_onnx`` names the engine's
-source ONNX when it still exists, so ``backend="auto"`` can run that on ONNX Runtime instead.
+source ONNX when it still exists, so ``backend="auto"`` can run that on ONNX Runtime instead. The
+checks live in :mod:`edgedx.backends.trt_guard`, the TensorRT import, logger and name list in
+:mod:`edgedx.backends.trt_runtime`; their public names are importable from here too.
 
 Double buffering: the session owns two pinned input slots. ``input_buffer(n)`` hands out the free
 slot; ``submit(batch)`` queues H2D copy, inference and D2H copy on the session's stream and returns
@@ -30,205 +32,30 @@ the GPU runs::
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import re
-from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgedx import manifest as manifest_mod
 from edgedx.backends.base import Session, TensorSpec
+from edgedx.backends.trt_guard import (  # noqa: F401  (re-exported: the guard's names were public here)
+    HARDWARE_COMPATIBLE_MIN_MAJOR,
+    EngineGuardError,
+    RuntimeFacts,
+    fallback_onnx,
+    file_problems,
+    read_sidecar,
+    runtime_problems,
+    sha256_file,
+)
+from edgedx.backends.trt_runtime import TRT_RUNTIME_NAMES, import_tensorrt, make_logger  # noqa: F401  (re-exported)
 from edgedx.cuda import CudaError, Resources, open_driver
 from edgedx.cuda.pipeline import BatchRange, GraphAction, SlotRing, graph_action, max_shape, numpy_dtype, tensor_nbytes
 from edgedx.errors import BackendError, BackendUnavailable, ModelError, UsageError
 
 log = logging.getLogger("edgedx")
-
-#: Every TensorRT name this module uses, as ``Class.member`` (or a module attribute). The one list a
-#: test checks against the real ``tensorrt_lean``; another test greps this file for uses outside it.
-TRT_RUNTIME_NAMES: tuple[str, ...] = (
-    "__version__",
-    "ILogger",
-    "ILogger.Severity",
-    "ILogger.Severity.INTERNAL_ERROR",
-    "ILogger.Severity.ERROR",
-    "ILogger.Severity.WARNING",
-    "Runtime",
-    "Runtime.deserialize_cuda_engine",
-    "Runtime.engine_host_code_allowed",
-    "Runtime.DLA_core",
-    "ICudaEngine.num_io_tensors",
-    "ICudaEngine.get_tensor_name",
-    "ICudaEngine.get_tensor_mode",
-    "ICudaEngine.get_tensor_shape",
-    "ICudaEngine.get_tensor_dtype",
-    "ICudaEngine.get_tensor_profile_shape",
-    "ICudaEngine.create_execution_context",
-    "IExecutionContext.set_input_shape",
-    "IExecutionContext.get_tensor_shape",
-    "IExecutionContext.set_tensor_address",
-    "IExecutionContext.execute_async_v3",
-    "TensorIOMode.INPUT",
-    "TensorIOMode.OUTPUT",
-)
-
-#: Hardware-compatible engines (AMPERE_PLUS) run on compute capability 8.0 and newer.
-HARDWARE_COMPATIBLE_MIN_MAJOR = 8
-
-
-class EngineGuardError(ModelError):
-    """The engine cannot be used here (sidecar, hash, version, GPU, trust or deserialization).
-
-    ``fallback_onnx`` is the engine's source ONNX when the sidecar names one that exists.
-    """
-
-    def __init__(self, message: str, fallback_onnx: Path | None = None) -> None:
-        super().__init__(message)
-        self.fallback_onnx = fallback_onnx
-
-
-@dataclass(frozen=True)
-class RuntimeFacts:
-    """What this machine offers an engine: the TensorRT that loads it and the GPU it runs on."""
-
-    tensorrt_version: str
-    lean: bool
-    compute_capability: str  # "8.7"
-    device_name: str
-
-
-# -- guard: pure functions over the sidecar and runtime facts ----------------------------------
-
-
-def file_problems(sidecar: Mapping[str, Any] | None, engine_sha256: str, sidecar_name: str) -> list[str]:
-    """Problems found from files alone: missing sidecar or engine section, hash mismatch."""
-    rebuild = "rebuild it with: edgedx export engine MODEL.onnx"
-    if sidecar is None:
-        return [f"no sidecar {sidecar_name} next to the engine: edgedx needs it to trust and describe the engine; {rebuild}"]
-    built = sidecar.get("engine")
-    if not isinstance(built, Mapping) or not built:
-        return [f"{sidecar_name} has no engine section (is it an ONNX manifest?); {rebuild}"]
-    if built.get("sha256") != engine_sha256:
-        return [f"the engine file does not match {sidecar_name} (sha256 differs): it was rebuilt or altered after its sidecar; {rebuild}"]
-    return []
-
-
-def runtime_problems(built: Mapping[str, Any], facts: RuntimeFacts, trust_engine: bool) -> list[str]:
-    """Problems between the engine's build facts (the sidecar's ``engine`` section) and this machine."""
-    problems = []
-    version = str(built.get("tensorrt_version", "?"))
-    vc = bool(built.get("version_compatible"))
-    if facts.lean and not vc:
-        problems.append(
-            "tensorrt_lean runs only version-compatible engines and this one was built without --version-compatible: "
-            "install tensorrt, or rebuild with --version-compatible"
-        )
-    if not vc and facts.tensorrt_version != version:
-        problems.append(
-            f"engine built with TensorRT {version}, this machine has {facts.tensorrt_version}: "
-            "rebuild it here, or build it with --version-compatible"
-        )
-    if vc and _version_tuple(facts.tensorrt_version) < _version_tuple(version):
-        problems.append(f"version-compatible engine built with TensorRT {version} needs {version} or newer, this machine has {facts.tensorrt_version}")
-    if vc and built.get("exclude_lean_runtime") and facts.tensorrt_version != version:
-        problems.append(f"engine built without its lean runtime (--exclude-lean-runtime) runs only on TensorRT {version}, this machine has {facts.tensorrt_version}")
-    cc = str(built.get("compute_capability", "?"))
-    where = f"{built.get('gpu_name', 'unknown GPU')}, compute capability {cc}"
-    if built.get("hardware_compatible"):
-        if _version_tuple(facts.compute_capability)[:1] < (HARDWARE_COMPATIBLE_MIN_MAJOR,):
-            problems.append(f"hardware-compatible engine needs compute capability 8.0+, this GPU ({facts.device_name}) is {facts.compute_capability}")
-    elif facts.compute_capability != cc:
-        problems.append(
-            f"engine built for {where}; this GPU ({facts.device_name}) is {facts.compute_capability}: "
-            "rebuild it here, or build it with --hardware-compatible (Ampere and newer)"
-        )
-    if vc and not trust_engine:
-        problems.append(
-            "engine is version-compatible, so it carries host code TensorRT would run: "
-            "pass --trust-engine (SessionOptions(trust_engine=True)) if you trust where it came from"
-        )
-    return problems
-
-
-def fallback_onnx(engine_path: Path, sidecar: Mapping[str, Any] | None) -> Path | None:
-    """The sidecar's source ONNX (relative paths are relative to the engine's folder), if it exists."""
-    built = sidecar.get("engine") if isinstance(sidecar, Mapping) else None
-    source = built.get("source_onnx") if isinstance(built, Mapping) else None
-    if not isinstance(source, str) or not source:
-        return None
-    path = Path(source)
-    path = path if path.is_absolute() else engine_path.parent / path
-    return path if path.is_file() else None
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    except OSError as exc:
-        raise ModelError(f"cannot read engine {path}: {exc.strerror or exc}") from None
-    return digest.hexdigest()
-
-
-def import_tensorrt() -> tuple[Any, bool]:
-    """``(module, lean)``: the full ``tensorrt`` when installed, else ``tensorrt_lean``.
-
-    Raises:
-        BackendUnavailable: neither is installed.
-    """
-    try:
-        import tensorrt as trt
-
-        return trt, False
-    except ImportError:
-        pass
-    try:
-        import tensorrt_lean as trt
-
-        return trt, True
-    except ImportError:
-        raise BackendUnavailable("TensorRT is not installed: pip install 'edgedx[trt]' (on Jetson use JetPack's TensorRT)") from None
-
-
-def _version_tuple(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in re.findall(r"\d+", text)[:4]) or (0,)
-
-
-def _read_sidecar(path: Path) -> dict[str, Any] | None:
-    if not path.exists():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EngineGuardError(f"cannot read engine sidecar {path.name}: {exc}") from None
-    return data if isinstance(data, dict) else {}
-
-
-def make_logger(trt: Any) -> Any:
-    """A TensorRT logger that keeps errors (for one-line messages) and logs to edgedx's logger."""
-
-    class _Logger(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.errors: list[str] = []
-
-        def log(self, severity: Any, msg: str) -> None:
-            if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
-                self.errors.append(msg)
-                log.error("TensorRT: %s", msg)
-            elif severity == trt.ILogger.Severity.WARNING:
-                log.warning("TensorRT: %s", msg)
-            else:
-                log.debug("TensorRT: %s", msg)
-
-    return _Logger()
 
 
 @dataclass
@@ -272,7 +99,7 @@ class TensorRTSession(Session):
     def _load(self) -> None:
         path = self.model_path
         sidecar_path = manifest_mod.sidecar_path(path)
-        sidecar = _read_sidecar(sidecar_path)
+        sidecar = read_sidecar(sidecar_path)
         fallback = fallback_onnx(path, sidecar)
         problems = file_problems(sidecar, sha256_file(path), sidecar_path.name)
         if problems:

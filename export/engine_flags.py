@@ -1,0 +1,90 @@
+"""The per-TensorRT-version builder flag table: which flags build the precision the ONNX already has.
+
+TensorRT 11 networks are always strongly typed and it has no FP16/INT8 builder flags or
+calibrators. TensorRT 10 (JetPack 6 on Orin) gets (see :func:`select_flags`):
+
+- fp16: a strongly typed network (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``), so every layer
+  keeps the ONNX's types as TensorRT 11 would; on DLA, which TensorRT 10 drives in weakly typed
+  mode, ``BuilderFlag.FP16`` instead.
+- int8: ``BuilderFlag.INT8``, which TensorRT 10 needs to build explicit Q/DQ quantization; layers
+  outside Q/DQ stay in the ONNX's float type (no FP16 flag is added).
+- fp32: no precision flag.
+
+Names are ``Enum.MEMBER`` strings, resolved on the TensorRT module only at build time; tests check
+every name the table can pick against NVIDIA's documented API for that version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgedx.errors import BackendUnavailable, UsageError
+
+PRECISIONS = ("fp32", "fp16", "int8")
+SUPPORTED_MAJORS = (10, 11)
+
+
+@dataclass(frozen=True)
+class BuildFlags:
+    """TensorRT names to set for one build (``Enum.MEMBER`` strings, resolved on the module)."""
+
+    network_flags: tuple[str, ...] = ()
+    builder_flags: tuple[str, ...] = ()
+    hardware_compatibility_level: str | None = None
+    device_type: str | None = None
+
+    def names(self) -> tuple[str, ...]:
+        extra = (self.hardware_compatibility_level, self.device_type)
+        return (*self.network_flags, *self.builder_flags, *(x for x in extra if x))
+
+
+def select_flags(
+    major: int,
+    precision: str,
+    *,
+    dla_core: int | None = None,
+    gpu_fallback: bool = False,
+    version_compatible: bool = False,
+    exclude_lean_runtime: bool = False,
+    hardware_compatible: bool = False,
+) -> BuildFlags:
+    """The network-creation and builder flags for TensorRT ``major`` (the per-version table).
+
+    Raises:
+        BackendUnavailable: a TensorRT major version edgedx does not build with.
+        UsageError: an option combination TensorRT cannot build.
+    """
+    if major not in SUPPORTED_MAJORS:
+        raise BackendUnavailable(f"TensorRT {major}.x is not supported: edgedx builds engines with TensorRT 10 or 11")
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}: choose {', '.join(PRECISIONS)}")
+    if gpu_fallback and dla_core is None:
+        raise UsageError("--gpu-fallback applies only with --dla-core")
+    if dla_core is not None and precision == "fp32":
+        raise UsageError("DLA runs FP16 and INT8 only: give an FP16 or INT8 ONNX and --precision fp16/int8, or drop --dla-core")
+    if dla_core is not None and hardware_compatible:
+        raise UsageError("--hardware-compatible engines run on GPUs only; drop --dla-core or --hardware-compatible")
+    if exclude_lean_runtime and not version_compatible:
+        raise UsageError("--exclude-lean-runtime applies only with --version-compatible")
+    network_flags: list[str] = []
+    builder_flags: list[str] = []
+    if major == 10:
+        if precision == "fp16":
+            if dla_core is None:
+                network_flags.append("NetworkDefinitionCreationFlag.STRONGLY_TYPED")
+            else:
+                builder_flags.append("BuilderFlag.FP16")
+        elif precision == "int8":
+            builder_flags.append("BuilderFlag.INT8")
+    if gpu_fallback:
+        builder_flags.append("BuilderFlag.GPU_FALLBACK")
+    if version_compatible:
+        builder_flags.append("BuilderFlag.VERSION_COMPATIBLE")
+    if exclude_lean_runtime:
+        builder_flags.append("BuilderFlag.EXCLUDE_LEAN_RUNTIME")
+    return BuildFlags(
+        network_flags=tuple(network_flags),
+        builder_flags=tuple(builder_flags),
+        hardware_compatibility_level="HardwareCompatibilityLevel.AMPERE_PLUS" if hardware_compatible else None,
+        device_type="DeviceType.DLA" if dla_core is not None else None,
+    )
