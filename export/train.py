@@ -154,13 +154,91 @@ def batches(data: Dataset, spec: PreprocessSpec, batch_size: int, augment: Augme
         yield torch.from_numpy(buf[: len(idx)].copy()), torch.from_numpy(data.labels[idx])
 
 
-def predict(model: nn.Module, data: Dataset, spec: PreprocessSpec, batch_size: int = 64) -> np.ndarray:
+def predict_logits(model: nn.Module, data: Dataset, spec: PreprocessSpec, batch_size: int = 64) -> np.ndarray:
     model.eval()
     out = []
     with torch.inference_mode():
         for x, _ in batches(data, spec, batch_size, None, np.arange(len(data.labels))):
-            out.append(torch.softmax(model(x), 1).numpy())
-    return np.concatenate(out)
+            out.append(model(x).numpy())
+    return np.concatenate(out).astype(np.float64)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def predict(model: nn.Module, data: Dataset, spec: PreprocessSpec, batch_size: int = 64) -> np.ndarray:
+    return softmax(predict_logits(model, data, spec, batch_size))
+
+
+def recalibrate_batchnorm(model: nn.Module, data: Dataset, spec: PreprocessSpec, max_images: int = 2000) -> None:
+    """Re-estimate BatchNorm statistics on clean images.
+
+    During training they average over augmented batches (exposure, blur, noise), which shifts every
+    clean image's logits at inference and leaves the probabilities badly calibrated.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a plain average over the passes below
+    model.train()
+    idx = np.linspace(0, len(data.labels) - 1, min(max_images, len(data.labels))).astype(int)
+    with torch.no_grad():
+        for x, _ in batches(data, spec, 64, None, idx):
+            model(x)
+    for m in norms:
+        m.momentum = 0.1
+    model.eval()
+
+
+def fit_platt(margin: np.ndarray, positive: np.ndarray, prior: float = 1.0) -> tuple[float, float]:
+    """Logistic fit p = sigmoid(a * margin + b) (margin: positive minus other logit) by Newton's method.
+
+    A Gaussian prior pulls (a, b) toward the identity (1, 0), so a small or separable validation set
+    cannot send the scale to infinity; a is kept within [0.05, 20] all the same.
+    """
+    x = np.stack([margin, np.ones_like(margin)], 1)
+    y = positive.astype(np.float64)
+    w, centre = np.array([1.0, 0.0]), np.array([1.0, 0.0])
+    for _ in range(100):
+        p = 0.5 * (1.0 + np.tanh(0.5 * (x @ w)))  # a sigmoid that cannot overflow
+        grad = x.T @ (p - y) + prior * (w - centre)
+        hess = (x * (p * (1 - p))[:, None]).T @ x + prior * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return float(np.clip(w[0], 0.05, 20.0)), float(w[1])
+
+
+def fold_platt(model: ScreeningCNN, a: float, b: float, pos_index: int) -> None:
+    """Make the model itself output calibrated probabilities: softmax(a * z + b * e_pos) is
+    sigmoid(a * (z_pos - z_other) + b) for two classes."""
+    head = model.head[-1]
+    with torch.no_grad():
+        head.weight.mul_(a)
+        head.bias.mul_(a)
+        head.bias[pos_index] += b
+
+
+def finalize(model: ScreeningCNN, train: Dataset, val: Dataset, spec: PreprocessSpec, pos_index: int | None, target: float) -> dict:
+    """Clean BatchNorm statistics, calibrated probabilities (binary models), then the threshold."""
+    recalibrate_batchnorm(model, train, spec)
+    out: dict = {"batchnorm": "re-estimated on clean training images"}
+    if pos_index is not None:
+        logits = predict_logits(model, val, spec)
+        margin = logits[:, pos_index] - logits[:, 1 - pos_index]
+        a, b = fit_platt(margin, val.labels == pos_index)
+        fold_platt(model, a, b, pos_index)
+        out["platt"] = {"a": a, "b": b, "fitted_on": "validation split"}
+    probs = predict(model, val, spec)
+    threshold = None
+    if pos_index is not None:
+        threshold = metrics.threshold_for_sensitivity(val.labels == pos_index, probs[:, pos_index], target)
+    out["threshold"] = threshold
+    out["validation"] = metrics.summarize(val.labels, probs, pos_index, threshold)
+    return out
 
 
 def dataset_stats(data: Dataset, spec: PreprocessSpec, n: int = 512) -> tuple[float, float]:
@@ -188,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit-per-class", type=int, default=None, help="smoke runs: use only this many files per class")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--finalize-only", action="store_true",
+                    help="re-run only the final step (BatchNorm statistics, calibration, threshold) on OUT/model_raw.pt")
     args = ap.parse_args(argv)
 
     t_start = time.perf_counter()
@@ -205,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(classes) != 2:
         positive = None
     channels = 3 if train.images[0].ndim == 3 else 1
+    if args.finalize_only:
+        return finalize_only(args, argv, train, val, classes, positive)
     log(f"{len(train.labels)} train / {len(val.labels)} val images, classes {classes}, counts {dict(Counter(train.labels.tolist()))}")
 
     spec = PreprocessSpec(width=args.size, height=args.size, channels=channels)
@@ -251,11 +333,10 @@ def main(argv: list[str] | None = None) -> int:
             break
 
     model.load_state_dict(best_state)
-    probs = predict(model, val, spec)
-    threshold = None
-    if pos_index is not None:
-        threshold = metrics.threshold_for_sensitivity(val.labels == pos_index, probs[:, pos_index], args.target_sensitivity)
-    final = metrics.summarize(val.labels, probs, pos_index, threshold)
+    torch.save(best_state, args.out / "model_raw.pt")
+    done = finalize(model, train, val, spec, pos_index, args.target_sensitivity)
+    torch.save(model.state_dict(), args.out / "model.pt")
+    threshold, final = done["threshold"], done["validation"]
     minutes = (time.perf_counter() - t_start) / 60
     summary = {
         "architecture": "ScreeningCNN",
@@ -266,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         "preprocess": {"width": spec.width, "height": spec.height, "channels": spec.channels, "resize": spec.resize.value,
                        "scale": spec.scale, "mean": list(spec.mean), "std": list(spec.std)},
         "validation": final,
+        "calibration": {k: v for k, v in done.items() if k not in ("threshold", "validation")},
         "training": {
             "command": "python -m export.train " + " ".join(sys.argv[1:] if argv is None else argv),
             "data": str(args.data),
@@ -282,6 +364,28 @@ def main(argv: list[str] | None = None) -> int:
     }
     (args.out / "training.json").write_text(json.dumps(summary, indent=2))
     log(f"done in {minutes:.1f} min: validation {json.dumps(final)}")
+    return 0
+
+
+def finalize_only(args: argparse.Namespace, argv: list[str] | None, train: Dataset, val: Dataset, classes: list[str], positive: str | None) -> int:
+    """Finalize a finished run again (or a run made before the final step existed)."""
+    summary = json.loads((args.out / "training.json").read_text())
+    raw = args.out / "model_raw.pt"
+    if not raw.exists():  # a run from before model_raw.pt: its model.pt is the raw best state
+        raw.write_bytes((args.out / "model.pt").read_bytes())
+    p = summary["preprocess"]
+    spec = PreprocessSpec(width=p["width"], height=p["height"], channels=p["channels"], mean=tuple(p["mean"]), std=tuple(p["std"]))
+    model = ScreeningCNN(spec.channels, len(classes), tuple(summary["widths"]))
+    model.load_state_dict(torch.load(raw, weights_only=True))
+    t0 = time.perf_counter()
+    done = finalize(model, train, val, spec, classes.index(positive) if positive else None, args.target_sensitivity)
+    torch.save(model.state_dict(), args.out / "model.pt")
+    summary["validation_before_finalize"] = summary.get("validation_before_finalize", summary["validation"])
+    summary.update(threshold=done["threshold"], validation=done["validation"],
+                   calibration={k: v for k, v in done.items() if k not in ("threshold", "validation")})
+    summary["training"]["finalize_command"] = "python -m export.train " + " ".join(sys.argv[1:] if argv is None else argv)
+    (args.out / "training.json").write_text(json.dumps(summary, indent=2))
+    log(f"finalized in {time.perf_counter() - t0:.0f}s: validation {json.dumps(done['validation'])}")
     return 0
 
 
