@@ -70,3 +70,14 @@ def test_augmenter_keeps_shape_range_and_changes_the_image():
     out = [aug(img) for _ in range(5)]
     assert all(o.shape == img.shape and o.dtype == np.float32 and o.min() >= 0 and o.max() <= 255 for o in out)
     assert any(np.abs(o - img).mean() > 1 for o in out)
+
+
+def test_platt_fit_converges_on_skewed_imbalanced_margins():
+    # The shape seen on PneumoniaMNIST, where undamped Newton steps diverged to a = 20, b = -42.
+    rng = np.random.default_rng(1)
+    y = rng.random(524) < 0.74
+    margin = np.where(y, rng.normal(1.0, 2.2, y.size), rng.normal(-5.9, 1.4, y.size))
+    a, b = train.fit_platt(margin, y)
+    assert 0.3 < a < 5.0 and -5.0 < b < 10.0
+    p = 1 / (1 + np.exp(-(a * margin + b)))
+    assert abs(p.mean() - y.mean()) < 0.02  # calibrated in the large
