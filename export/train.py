@@ -84,6 +84,31 @@ def load_folder(root: Path, limit_per_class: int | None = None) -> tuple[Dataset
     return Dataset(images, np.asarray(labels), groups), classes
 
 
+def link_split(root: Path, out: Path, val_fraction: float, seed: int) -> dict[str, int]:
+    """Write ``out/{train,val}/<class>/`` symlinks for the split a run on ``root`` uses.
+
+    The split needs only file names, so nothing is decoded; evaluation, calibration and the INT8
+    gate then read held-out patients from ``out/val`` and training patients from ``out/train``.
+    """
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    files, labels, groups = [], [], []
+    for index, cls in enumerate(classes):
+        for f in sorted(f for f in (root / cls).iterdir() if f.is_file() and not f.name.startswith(".")):
+            files.append(f.resolve())
+            labels.append(index)
+            groups.append(f"{cls}/{patient_id(f.name)}")
+    train, val = split_by_group(Dataset(files, np.asarray(labels), groups), val_fraction, seed)
+    counts = {}
+    for name, part in (("train", train), ("val", val)):
+        for f, y in zip(part.images, part.labels):
+            dest = out / name / classes[y] / f.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if not dest.exists():
+                dest.symlink_to(f)
+        counts[name] = len(part.labels)
+    return counts
+
+
 def split_by_group(data: Dataset, val_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
     """Stratified by class, grouped by patient."""
     rng = np.random.default_rng(seed)
@@ -286,7 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--finalize-only", action="store_true",
                     help="re-run only the final step (BatchNorm statistics, calibration, threshold) on OUT/model_raw.pt")
     ap.add_argument("--bn-recalibrate", action="store_true", help="re-estimate BatchNorm statistics on clean images before calibrating")
+    ap.add_argument("--link-split", type=Path, default=None, metavar="DIR",
+                    help="only write DIR/train and DIR/val symlink folders of this run's patient split, then exit")
     args = ap.parse_args(argv)
+    if args.link_split is not None:
+        log(f"split written to {args.link_split}: {link_split(args.data, args.link_split, args.val_fraction, args.seed)}")
+        return 0
 
     t_start = time.perf_counter()
     torch.manual_seed(args.seed)

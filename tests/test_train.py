@@ -81,3 +81,19 @@ def test_platt_fit_converges_on_skewed_imbalanced_margins():
     assert 0.3 < a < 5.0 and -5.0 < b < 10.0
     p = 1 / (1 + np.exp(-(a * margin + b)))
     assert abs(p.mean() - y.mean()) < 0.02  # calibrated in the large
+
+
+def test_link_split_matches_the_training_split(tmp_path):
+    root = tmp_path / "data"
+    for cls, names in (("NORMAL", ["IM-0001-0001.jpeg", "IM-0001-0002.jpeg", "IM-0002-0001.jpeg", "IM-0003-0001.jpeg"]),
+                       ("PNEUMONIA", ["person1_virus_1.jpeg", "person1_virus_2.jpeg", "person2_bacteria_3.jpeg", "person3_virus_4.jpeg"])):
+        (root / cls).mkdir(parents=True)
+        for n in names:
+            (root / cls / n).write_bytes(b"x")
+    assert train.main([str(root), "--out", str(tmp_path / "run"), "--link-split", str(tmp_path / "split"), "--val-fraction", "0.34"]) == 0
+    val = {p.name for p in (tmp_path / "split" / "val").rglob("*.jpeg")}
+    tr = {p.name for p in (tmp_path / "split" / "train").rglob("*.jpeg")}
+    assert val and tr and not val & tr and len(val | tr) == 8
+    patients = lambda names: {train.patient_id(n) for n in names}  # noqa: E731
+    assert not patients(val) & patients(tr)
+    assert all(p.is_symlink() for p in (tmp_path / "split").rglob("*.jpeg"))
