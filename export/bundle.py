@@ -1,7 +1,9 @@
 """A training run -> the models edgedx ships: FP32 ONNX and CPU INT8 ONNX, manifests and provenance.
 
-    python -m export.bundle runs/default --out edgedx/models \\
-        --calib-dir ../shared/data/chest_xray_kermany_224/train --num-calib 200 [--eval DATA]
+    python -m export.bundle runs/default --out edgedx/models --calib-dir runs/split/train \\
+        --num-calib 200 --eval runs/split/val \\
+        --accepts '{"modalities": ["CR", "DX"], "photometric": ["MONOCHROME1", "MONOCHROME2"], "min_size": 64}'
+
 
 Reads ``model.pt`` (a state dict of :class:`export.models.ScreeningCNN`) and ``training.json``
 (written by :mod:`export.train`) from the run, exports ``chest_xray_cnn_fp32.onnx``, and quantizes
@@ -47,15 +49,18 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     return info
 
 
-def run_manifest(run_dir: Path, info: dict[str, Any]) -> Manifest:
-    """The manifest of a run's model: contract from ``training.json``, provenance from the run."""
+def run_manifest(run_dir: Path, info: dict[str, Any], accepts: dict[str, Any] | None = None) -> Manifest:
+    """The manifest of a run's model: contract from ``training.json``, provenance from the run.
+
+    ``accepts`` is the input gate's section (what inputs the model is meant for).
+    """
     from edgedx.api import file_sha256
 
     p = info["preprocess"]
     training = info.get("training", {})
     validation = {k: v for k, v in (info.get("validation") or {}).items() if k != "confusion"}
     provenance = {
-        "source_model": f"{Path(run_dir).name}/model.pt",
+        "source_model": str(Path(run_dir) / "model.pt"),
         "source_sha256": file_sha256(Path(run_dir) / "model.pt"),
         "architecture": info.get("architecture", "ScreeningCNN"),
         "widths": info["widths"],
@@ -66,6 +71,8 @@ def run_manifest(run_dir: Path, info: dict[str, Any]) -> Manifest:
         "validation": validation,
         "trained": training.get("date"),
         "training_command": training.get("command"),
+        "finalize_command": training.get("finalize_command"),
+        "calibration": info.get("calibration"),
         "training_minutes": training.get("minutes"),
         "epochs": training.get("epochs_run"),
         "torch": training.get("torch"),
@@ -79,6 +86,7 @@ def run_manifest(run_dir: Path, info: dict[str, Any]) -> Manifest:
         "output": {"activation": "softmax"},
         "positive_label": info.get("positive_label"),
         "threshold": info.get("threshold") if info.get("positive_label") else None,
+        "accepts": accepts or {},
         "provenance": {k: v for k, v in provenance.items() if v is not None},
     }, str(Path(run_dir) / "training.json"))
 
@@ -93,6 +101,7 @@ def bundle_default(
     method: str = "percentile",
     split: str | None = None,
     gate: Gate = Gate(),
+    accepts: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Export a run's model as the bundled FP32 and CPU INT8 ONNX files.
 
@@ -114,7 +123,7 @@ def bundle_default(
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     info = read_run(run_dir)
-    manifest = run_manifest(run_dir, info)
+    manifest = run_manifest(run_dir, info, accepts)
     calib = quant.select_images(calib_images, num_calib)
     arch_kwargs = {"in_channels": manifest.preprocess.channels, "num_classes": len(manifest.labels), "widths": tuple(info["widths"])}
     fp32 = export_torch(run_dir / "model.pt", out_dir / FP32_NAME, manifest, images=quant.select_images(calib, COMPARE_IMAGES),
@@ -133,12 +142,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--method", choices=["minmax", "entropy", "percentile"], default="percentile")
     ap.add_argument("--eval", dest="eval_data", default=None, help="labelled data (class folders or .npz) for the INT8 gate")
     ap.add_argument("--split", default=None)
+    ap.add_argument("--accepts", type=json.loads, default=None,
+                    help='the input gate\'s section as JSON, e.g. \'{"modalities": ["CR", "DX"], "min_size": 64}\'')
     args = ap.parse_args(argv)
     from edgedx.api import expand_paths
 
     try:
         summary = bundle_default(args.run_dir, args.out, expand_paths([args.calib_dir]), args.eval_data,
-                                 num_calib=args.num_calib, method=args.method, split=args.split)
+                                 num_calib=args.num_calib, method=args.method, split=args.split, accepts=args.accepts)
     except EdgedxError as exc:
         print(f"edgedx: error: {exc}", file=sys.stderr)
         return exc.exit_code
