@@ -15,13 +15,23 @@ from __future__ import annotations
 
 import io
 import logging
+import struct
 import warnings
+import zlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgedx.decode import Decoded, DecodeOptions, SourceInfo, check_pixels
+from edgedx.decode import (
+    Decoded,
+    DecodeOptions,
+    SourceInfo,
+    _jpeg_sof_offset,
+    check_jpeg_scans,
+    check_pixels,
+    printable,
+)
 from edgedx.errors import InputError
 
 if TYPE_CHECKING:
@@ -31,6 +41,13 @@ if TYPE_CHECKING:
 _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _RGB_PHOTOMETRICS = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"})  # RGB once pydicom decodes
 _IDENTIFYING_VRS = frozenset({"AE", "AS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UT"})
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+#: Bytes of a deflated dataset, beyond 8 per pixel allowed by ``max_pixels``, that inflating may produce.
+DEFLATE_SLACK = 16 << 20
+#: Frame header markers: JPEG SOF0-15 (not DHT, JPG, DAC) and JPEG-LS SOF55.
+_FRAME_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xF7}
+#: Pixel values beyond this magnitude overflow float32 arithmetic (the display pipeline's type).
+_FLOAT32_SAFE = 1e37
 
 
 def decode(data: bytes, options: DecodeOptions) -> list[Decoded]:
@@ -42,7 +59,8 @@ def decode(data: bytes, options: DecodeOptions) -> list[Decoded]:
     """
     _quiet_pydicom()
     try:
-        return _decode(data, options)
+        with np.errstate(all="ignore"):  # overflow is checked for, not printed to stderr
+            return _decode(data, options)
     except InputError:
         raise
     except MemoryError:
@@ -68,7 +86,10 @@ def _decode(data: bytes, options: DecodeOptions) -> list[Decoded]:
     import pydicom
 
     try:
+        _check_deflated(data, 8 * options.max_pixels + DEFLATE_SLACK)
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    except InputError:
+        raise
     except Exception as exc:
         raise InputError(f"truncated or malformed DICOM file ({type(exc).__name__})") from None
     if not any(tag in ds for tag in _PIXEL_TAGS):
@@ -78,10 +99,18 @@ def _decode(data: bytes, options: DecodeOptions) -> list[Decoded]:
     wanted = range(frames) if options.all_frames else range(1)
     check_pixels(columns, rows, options.max_pixels, "DICOM image", frames=len(wanted))
     tsyntax = _transfer_syntax(ds)
-    photometric = str(ds.get("PhotometricInterpretation") or "").strip().upper()
+    # Code strings from the file, escaped: they reach messages and gate reasons (one line each).
+    photometric = printable(str(ds.get("PhotometricInterpretation") or "").strip().upper(), 64)
+    if tsyntax.is_encapsulated and "PixelData" in ds:
+        _check_embedded_frames(ds, len(wanted), frames, columns, rows)
     out = []
     for index in wanted:
         image = _display(_pixels(ds, index, tsyntax), ds, photometric, options.window)
+        if not np.isfinite(image).all():  # float data or a LUT/window made NaN or infinity
+            raise InputError(
+                "DICOM image has NaN or infinite values after rescale and windowing (float pixel data, "
+                "or a rescale slope/intercept or window out of range)"
+            )
         info = SourceInfo(
             format="dicom",
             width=columns,
@@ -91,11 +120,88 @@ def _decode(data: bytes, options: DecodeOptions) -> list[Decoded]:
             frame=index if frames > 1 else None,
             frames=frames,
             photometric=photometric,
-            modality=str(ds.get("Modality") or "") or None,
+            modality=printable(str(ds.get("Modality") or ""), 64) or None,
             transfer_syntax=tsyntax.name,
         )
         out.append(Decoded(image, info))
     return out
+
+
+def _check_deflated(data: bytes, limit: int) -> None:
+    """Refuse a Deflated Explicit VR dataset that inflates to more than ``limit`` bytes.
+
+    pydicom inflates the whole dataset in memory before reading it, so without this a small file
+    (deflate reaches 1000:1) is a memory bomb. The file meta is read as pydicom reads it.
+    """
+    if _DEFLATED.encode() not in data:  # the file meta is never deflated: its UID is plain text
+        return
+    from pydicom.filereader import _read_command_set_elements, _read_file_meta_info, read_preamble
+
+    fp = io.BytesIO(data)
+    read_preamble(fp, True)
+    meta = _read_file_meta_info(fp)
+    if str(meta.get("TransferSyntaxUID") or "") != _DEFLATED:
+        return
+    _read_command_set_elements(fp)
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        inflater.decompress(data[fp.tell() :], limit)
+    except zlib.error:
+        raise InputError("cannot decode DICOM: corrupt deflated dataset") from None
+    if inflater.unconsumed_tail:
+        raise InputError(
+            f"deflated DICOM dataset inflates to more than {limit:,} bytes, more than its pixel limit allows "
+            "(a decompression bomb, or raise DecodeOptions.max_pixels)"
+        )
+
+
+def _check_embedded_frames(ds: Dataset, count: int, frames: int, columns: int, rows: int) -> None:
+    """Refuse a compressed frame (of the first ``count``) whose own header declares more samples than
+    Rows x Columns x SamplesPerPixel, or a JPEG frame with too many scans (:func:`check_jpeg_scans`).
+
+    pydicom decodes a frame fully before comparing its size with Rows and Columns: a tiny JPEG or
+    JPEG 2000 codestream declaring a huge image would be allocated first (a decompression bomb
+    behind small Rows/Columns). Headers and encapsulations this cannot read are left to the decoder.
+    """
+    from pydicom.encaps import generate_frames
+
+    samples = max(int(ds.get("SamplesPerPixel") or 1), 1)
+    offsets = None
+    if ds.get("ExtendedOffsetTable") is not None and ds.get("ExtendedOffsetTableLengths") is not None:
+        offsets = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+    try:
+        found = generate_frames(ds.PixelData, number_of_frames=frames, extended_offsets=offsets)
+        for index, frame in zip(range(count), found, strict=False):  # fewer frames: the decoder says so
+            if frame[:2] == b"\xff\xd8":
+                check_jpeg_scans(frame, f"DICOM frame {index}: the compressed image")
+            size = _codestream_size(frame)
+            if size is not None and size[0] * size[1] * size[2] > columns * rows * samples:
+                width, height, components = size
+                raise InputError(
+                    f"DICOM frame {index}: the compressed image declares {width}x{height}x{components} samples, "
+                    f"more than Rows x Columns ({columns}x{rows}x{samples}): corrupt or hostile pixel data"
+                )
+    except InputError:
+        raise
+    except Exception:  # malformed encapsulation: the decoder reports it
+        return
+
+
+def _codestream_size(frame: bytes) -> tuple[int, int, int] | None:
+    """(width, height, components) from a JPEG/JPEG-LS frame header or a JPEG 2000 SIZ segment."""
+    try:
+        if frame[:2] == b"\xff\xd8":
+            pos = _jpeg_sof_offset(frame, _FRAME_SOF)
+            height, width, components = struct.unpack_from(">HHB", frame, pos + 5)
+            return width, height, components
+        pos = frame.find(b"\xff\x4f\xff\x51", 0, 4096)  # J2K SOC + SIZ, bare or inside a JP2 box
+        if pos >= 0:
+            xsiz, ysiz, xosiz, yosiz = struct.unpack_from(">IIII", frame, pos + 8)
+            (csiz,) = struct.unpack_from(">H", frame, pos + 40)
+            return max(xsiz - xosiz, 0), max(ysiz - yosiz, 0), csiz
+    except (struct.error, IndexError, InputError):
+        pass
+    return None
 
 
 def _transfer_syntax(ds: Dataset) -> UID:
@@ -109,7 +215,7 @@ def _transfer_syntax(ds: Dataset) -> UID:
         tsyntax = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
         ds.file_meta.TransferSyntaxUID = tsyntax
     tsyntax = UID(str(tsyntax))
-    label = tsyntax.name if tsyntax.name == str(tsyntax) else f"{tsyntax.name} ({tsyntax})"
+    label = printable(tsyntax.name if tsyntax.name == str(tsyntax) else f"{tsyntax.name} ({tsyntax})", 120)
     try:
         decoder = get_decoder(tsyntax)
     except NotImplementedError:
@@ -158,6 +264,11 @@ def _grayscale(arr: np.ndarray, ds: Dataset, window: tuple[float, float] | None)
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     values = apply_modality_lut(arr, ds)
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        raise InputError(
+            "DICOM pixel values are NaN or infinite after the modality LUT (float pixel data, or a "
+            "rescale slope/intercept out of range)"
+        )
     if window is not None:
         return _window(values, window[0], window[1], "LINEAR")
     if ds.get("VOILUTSequence"):
@@ -168,13 +279,20 @@ def _grayscale(arr: np.ndarray, ds: Dataset, window: tuple[float, float] | None)
         return np.clip(out * np.float32(255.0 / (2**bits - 1)), 0, 255, out=out)
     if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
         center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+        if not (np.isfinite(center) and np.isfinite(width)):
+            raise InputError(
+                "DICOM window center/width is not a finite number: give a window (center, width) explicitly"
+            )
         if not width > 0:
             raise InputError(f"DICOM window width {width} is not > 0: give a window (center, width) explicitly")
         return _window(values, center, width, str(ds.get("VOILUTFunction") or "LINEAR").upper())
+    lo, hi = float(values.min()), float(values.max())
+    gain = 255.0 / (hi - lo) if hi > lo else 0.0
+    if max(abs(lo), abs(hi)) > _FLOAT32_SAFE:  # the range itself would overflow float32: scale in float64
+        return ((values.astype(np.float64) - lo) * gain).astype(np.float32)
     out = values.astype(np.float32)
-    lo, hi = float(out.min()), float(out.max())
     out -= np.float32(lo)
-    out *= np.float32(255.0 / (hi - lo) if hi > lo else 0.0)
+    out *= np.float32(gain)
     return out
 
 
@@ -209,7 +327,7 @@ def _first(value: object) -> float:
 
 def _safe_reason(exc: Exception, ds: Dataset) -> str:
     """The exception's text on one line, unless it quotes a value that may identify the patient."""
-    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())[:300]
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
     if not text:
         return type(exc).__name__
     for element in ds.iterall():
@@ -217,4 +335,4 @@ def _safe_reason(exc: Exception, ds: Dataset) -> str:
             for value in _values(element.value):
                 if len(str(value)) >= 3 and str(value) in text:
                     return type(exc).__name__
-    return f"{type(exc).__name__}: {text}"
+    return f"{type(exc).__name__}: {printable(text, 300)}"

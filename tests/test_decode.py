@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import subprocess
 import sys
@@ -637,3 +638,264 @@ def test_truncated_dicom() -> None:
     data = _dicom_bytes(_dicom(np.zeros((64, 64), np.uint16)))
     message = _error(data[:300])
     assert SECRET_ID not in message
+
+
+# ---------------------------------------------------------------- regressions: fuzzing and hostile-input findings
+
+
+def test_png_chunk_longer_than_the_file_is_refused_before_opencv_allocates_it() -> None:
+    # Fuzzing: a 127-byte PNG declaring a 4 GB IDAT made OpenCV 5 allocate 4 GB and take 10 s.
+    from tests.hostile.make import png_huge_chunk
+
+    start = time.perf_counter()
+    message = _error(png_huge_chunk())
+    assert time.perf_counter() - start < 0.5
+    assert "chunk 'IDAT' declares 4,278,190,213 bytes" in message
+
+
+def test_png_truncated_in_a_chunk_says_which_chunk() -> None:
+    data = _pil_bytes(Image.fromarray(_rgb_pattern(8, 8)), "PNG")
+    assert "truncated or malformed PNG: chunk 'IDAT' declares" in _error(data[:-20])
+
+
+def test_file_derived_text_in_messages_is_escaped_to_one_line() -> None:
+    # Fuzzing: a transfer syntax UID with a newline put a second line into the error message.
+    ds = _dicom(np.zeros((2, 2), np.uint16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom: invalid UI value, when set and when written
+        ds.file_meta.TransferSyntaxUID = "1.2.840.10\n08.1.2.4.50"
+        assert "1.2.840.10\\n08.1.2.4.50" in _private_error(ds)
+    ds = _dicom(np.zeros((2, 2), np.uint16), photometric="MONO\x1b[31mCHROME2")  # a terminal escape
+    message = _private_error(ds)
+    assert "\x1b" not in message and "MONO\\x1b[31" in message
+
+
+@pytest.mark.parametrize(
+    "attrs, message",
+    [
+        ({"RescaleSlope": "1e308", "RescaleIntercept": "0"}, "NaN or infinite after the modality LUT"),
+        ({"RescaleSlope": "NaN", "RescaleIntercept": "0"}, "NaN or infinite after the modality LUT"),
+        ({"WindowCenter": "NaN", "WindowWidth": "400"}, "window center/width is not a finite number"),
+        ({"WindowCenter": "0", "WindowWidth": "inf"}, "window center/width is not a finite number"),
+        ({"WindowCenter": "1e300", "WindowWidth": "1e300"}, "NaN or infinite values after rescale and windowing"),
+    ],
+)
+def test_dicom_values_that_make_nan_or_inf_are_input_errors(attrs: dict, message: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = _dicom((np.arange(64, dtype=np.uint16).reshape(8, 8) * 50), **attrs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert message in _private_error(ds)
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]  # nothing printed to stderr
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_float_pixel_data_with_nan_or_inf_is_an_input_error(bad: float) -> None:
+    pixels = np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4)
+    pixels[1, 2] = bad
+    ds = _dicom(None, Rows=4, Columns=4, SamplesPerPixel=1, PhotometricInterpretation="MONOCHROME2", BitsAllocated=32)
+    ds.FloatPixelData = pixels.tobytes()
+    assert "NaN or infinite" in _private_error(ds)
+
+
+def test_float_pixel_data_near_float32_limits_is_scaled_without_overflow() -> None:
+    pixels = np.array([[-3e38, 0.0], [1e38, 3e38]], np.float32)
+    ds = _dicom(None, Rows=2, Columns=2, SamplesPerPixel=1, PhotometricInterpretation="MONOCHROME2", BitsAllocated=32)
+    ds.FloatPixelData = pixels.tobytes()
+    image = _one(_dicom_bytes(ds))
+    np.testing.assert_allclose(image, [[0.0, 127.5], [170.0, 255.0]], atol=0.01)
+
+
+def test_deflated_dicom_that_inflates_past_its_pixel_limit_is_refused() -> None:
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = _dicom(np.zeros((3000, 3000), np.uint16))  # 18 MB of zeros deflate to about 18 kB
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    data = _dicom_bytes(ds)
+    assert len(data) < 100_000
+    message = _error(data, DecodeOptions(max_pixels=1000))
+    assert "inflates to more than" in message and "decompression bomb" in message
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an over-long UI value
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1." * 4000 + "1"  # before the syntax UID
+        padded = _dicom_bytes(ds)
+    assert padded.find(b"1.2.840.10008.1.2.1.99") > 8000
+    assert "inflates to more than" in _error(padded, DecodeOptions(max_pixels=1000))
+    ok = _dicom(np.arange(12, dtype=np.uint16).reshape(3, 4))
+    ok.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    assert _one(_dicom_bytes(ok), DecodeOptions(max_pixels=1000)).shape == (3, 4)
+
+
+def test_compressed_frame_declaring_more_pixels_than_rows_columns_is_refused_unallocated() -> None:
+    from tests.hostile.make import dicom_embedded_jpeg_bomb
+
+    start = time.perf_counter()
+    message = _error(dicom_embedded_jpeg_bomb())
+    assert time.perf_counter() - start < 0.5
+    assert "declares 60000x60000x1 samples, more than Rows x Columns (16x16x1)" in message
+
+
+def test_jpeg2000_frame_header_is_read_for_the_embedded_size_check() -> None:
+    from edgedx.dicom import _codestream_size
+
+    ds = pydicom.dcmread(need(DICOM / "RG1_J2KI.dcm"))
+    frame = pydicom.encaps.get_frame(ds.PixelData, 0, number_of_frames=1)
+    assert _codestream_size(frame) == (1841, 1955, 1)
+
+
+def test_fifo_and_device_are_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "scan.png"
+    os.mkfifo(fifo)
+    os.mkfifo(tmp_path / "IM0001")
+    (tmp_path / "zeros.dcm").symlink_to("/dev/zero")
+    start = time.perf_counter()
+    assert "not a regular file (a FIFO)" in _error_file(fifo)
+    assert "not a regular file (a device or socket)" in _error_file(tmp_path / "zeros.dcm")
+    assert "not a regular file (a directory)" in _error_file(tmp_path)
+    assert is_candidate(tmp_path / "IM0001") is False  # extension-less: not opened to sniff
+    assert time.perf_counter() - start < 1.0
+
+
+def _error_file(path: Path) -> str:
+    with pytest.raises(InputError) as info:
+        decode_file(path)
+    return str(info.value)
+
+
+# ---------------------------------------------------------------- reduced-scale and gray JPEG decode
+
+
+def test_decode_options_validate_the_target() -> None:
+    for bad in [
+        {"target_size": (224,)},
+        {"target_size": (0, 224)},
+        {"target_size": [224, 224]},
+        {"target_size": (True, 2)},
+        {"target_channels": 2},
+        {"target_channels": True},
+    ]:
+        with pytest.raises(UsageError):
+            DecodeOptions(**bad)
+    assert DecodeOptions(target_size=(224, 224), target_channels=1).target_size == (224, 224)
+
+
+@pytest.mark.parametrize(
+    "width, height, target, r",
+    [
+        (2688, 2688, (224, 224), 4),  # 672 = 3 x 224
+        (2687, 2688, (224, 224), 1),  # not divisible by 2: full decode
+        (2048, 2048, (224, 224), 2),  # 512 < 672 at 1/4
+        (1344, 2000, (224, 224), 2),
+        (1343, 2000, (224, 224), 1),
+        (1024, 1024, (224, 224), 1),  # 512 < 672 at 1/2
+        (5376, 5376, (224, 224), 8),
+        (5376, 5376, (224, 300), 4),  # the larger target side counts (EXIF may rotate)
+        (5376, 5376, None, 1),
+    ],
+)
+def test_reduction_rule(width: int, height: int, target: tuple[int, int] | None, r: int) -> None:
+    from edgedx.decode import reduction
+
+    assert reduction(width, height, target) == r
+
+
+def _rg1_uint8() -> np.ndarray:
+    [d] = decode_file(need(DICOM / "RG1_UNCR.dcm"))
+    return np.clip(np.rint(d.image), 0, 255).astype(np.uint8)
+
+
+def _jpeg90(img: np.ndarray) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert ok
+    return buf.tobytes()
+
+
+def _model_input_difference(data: bytes, channels: int) -> tuple[float, float, int]:
+    from edgedx.preprocess import PreprocessSpec, apply
+
+    spec = PreprocessSpec(224, 224, channels, mean=(0.5,), std=(0.25,), scale=1 / 255)
+    [full] = decode_bytes(data)
+    [reduced] = decode_bytes(data, DecodeOptions(target_size=(224, 224), target_channels=channels))
+    assert (reduced.info.width, reduced.info.height) == (full.info.width, full.info.height)
+    diff = np.abs(apply(reduced.image, spec) - apply(full.image, spec))
+    return float(diff.max()), float(diff.mean()), reduced.info.reduced
+
+
+def test_reduced_jpeg_decode_matches_full_decode_on_real_radiographs(xray_files: list[Path]) -> None:
+    """The tolerance docs/fuzzing.md states: normalized 224x224 input, max < 0.1 and mean < 0.01."""
+    import cv2
+
+    rg1 = _rg1_uint8()
+    upscaled = cv2.resize(rg1, None, fx=1.5, fy=1.5, interpolation=cv2.INTER_LANCZOS4)
+    xray = cv2.resize(cv2.imread(str(xray_files[3]), cv2.IMREAD_GRAYSCALE), (2048, 2048), interpolation=cv2.INTER_CUBIC)
+    cases = [(rg1[:1952, :1840], 2), (upscaled[-2688:, -2688:], 4), (xray, 2)]
+    for img, r in cases:
+        for channels, data in ((1, _jpeg90(img)), (3, _jpeg90(np.dstack([img, img, img])))):
+            worst, mean, used = _model_input_difference(data, channels)
+            assert used == r
+            assert worst < 0.1 and mean < 0.01, (img.shape, channels, worst, mean)
+
+
+def test_misaligned_jpeg_is_decoded_at_full_scale() -> None:
+    [d] = decode_bytes(_jpeg90(_rg1_uint8()), DecodeOptions(target_size=(224, 224), target_channels=1))
+    assert d.info.reduced == 1 and d.image.shape == (1955, 1841)
+
+
+def test_reduced_decode_applies_exif_orientation_and_reports_the_oriented_size() -> None:
+    y, x = np.mgrid[0:1344, 0:2016]
+    upright = np.dstack([(x % 256), (y % 256), ((x + y) // 16 % 256)]).astype(np.uint8)
+    upright[:, :200] = (255, 0, 0)  # a red band on the left
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)  # stored 2016 high, 1344 wide
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = _pil_bytes(stored, "JPEG", exif=exif.tobytes(), quality=92)
+    [full] = decode_bytes(data)
+    [red] = decode_bytes(data, DecodeOptions(target_size=(224, 224), target_channels=3))
+    assert full.image.shape == (1344, 2016, 3) and red.image.shape == (672, 1008, 3)
+    assert red.info.reduced == 2 and (red.info.width, red.info.height) == (2016, 1344)
+    assert (
+        red.image[:, :90].mean(axis=(0, 1))[0] > 240 and red.image[:, :90].mean(axis=(0, 1))[1] < 15
+    )  # RGB, band on the left
+
+
+def test_gray_target_decodes_color_jpeg_straight_to_gray() -> None:
+    import cv2
+
+    rng = np.random.default_rng(0)
+    colorful = cv2.GaussianBlur(
+        cv2.resize(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8), (256, 256), interpolation=cv2.INTER_CUBIC),
+        (0, 0),
+        3,
+    )
+    gray_content = np.dstack([_rg1_uint8()[:256, :256]] * 3)
+    for img, tolerance in ((colorful, 1), (gray_content, 0)):
+        data = _jpeg90(img)
+        [direct] = decode_bytes(data, DecodeOptions(target_channels=1))
+        [rgb] = decode_bytes(data)
+        assert direct.image.ndim == 2 and direct.info.channels == 3  # the file is color; the image is gray
+        via_rgb = cv2.cvtColor(rgb.image, cv2.COLOR_RGB2GRAY)
+        assert np.abs(direct.image.astype(int) - via_rgb).max() <= tolerance
+
+
+def test_jpeg_with_too_many_scans_is_refused_before_decoding() -> None:
+    # Building the hostile corpus: 1,000 repeated refinement scans over 4000x4000 took 6.6 s to decode.
+    from tests.hostile.make import jpeg_many_scans
+
+    start = time.perf_counter()
+    assert "1,006 scans, more than 100" in _error(jpeg_many_scans())
+    assert time.perf_counter() - start < 0.5
+    progressive = _pil_bytes(Image.fromarray(_rgb_pattern(32, 32)), "JPEG", progressive=True)
+    assert _one(progressive).shape == (32, 32, 3)  # a normal progressive JPEG: about 10 scans
+
+
+def test_dicom_jpeg_frame_with_too_many_scans_is_refused() -> None:
+    from tests.hostile.make import jpeg_many_scans
+
+    ds = _dicom(np.zeros((512, 512), np.uint8))
+    ds.PixelData = encapsulate([jpeg_many_scans()])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    assert "DICOM frame 0: the compressed image has 1,006 scans" in _private_error(ds)
