@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import threading
@@ -137,6 +138,11 @@ class Classifier:
         self._lock = threading.RLock()  # one batch at a time owns the input buffer and the session
         try:
             self.manifest = self._manifest(overrides or ManifestOverrides())
+            spec = self.manifest.preprocess
+            if self.decode_options.target_size is None:
+                # Let the decoder skip work the model cannot see: JPEG DCT scaling, gray decode.
+                self.decode_options = dataclasses.replace(
+                    self.decode_options, target_size=(spec.width, spec.height), target_channels=spec.channels)
             self.batch_size = min(batch_size, self.session.max_batch_size or batch_size)
             self._buffer = self.session.input_buffer(self.batch_size)
             if audit is not None:
@@ -364,7 +370,7 @@ class Classifier:
         sha = None
         try:
             if self._audit is not None:
-                data = Path(path).read_bytes()
+                data = decode.read_file(path)
                 sha = hashlib.sha256(data).hexdigest()
                 frames = decode.decode_bytes(data, self.decode_options)
             else:

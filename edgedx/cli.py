@@ -117,7 +117,7 @@ def classify(
         overrides=overrides,
     )
     counts = {"ok": 0, "rejected": 0, "error": 0}
-    stream = open(output, "w", encoding="utf-8") if output else sys.stdout
+    stream = open(output, "w", encoding="utf-8", errors="backslashreplace") if output else sys.stdout
     interrupted = False
     try:
         writer = report.make_writer(fmt.value, stream, clf.manifest.labels, top_k)
@@ -336,8 +336,12 @@ def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: run the app and map errors to one line and an exit code."""
     import os
 
-    # OpenCV prints its own [ WARN ] lines for every broken file; edgedx reports those files itself.
-    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    # OpenCV prints its own multi-line reports for every broken file; edgedx reports those files itself.
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
+    # File names need not be UTF-8: write them escaped rather than crash on the first odd one.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     _mount_export()
     try:
         # Without standalone mode, typer returns a command's Exit code instead of raising it.

@@ -60,10 +60,11 @@ def check(image: np.ndarray, info: Any | None, accepts: Mapping[str, Any]) -> Re
     photometric = getattr(info, "photometric", None)
     if "photometric" in accepts and photometric is not None and photometric not in accepts["photometric"]:
         return Rejection("photometric_not_accepted", f"photometric interpretation {photometric}; the model accepts {', '.join(accepts['photometric'])}")
-    h, w = image.shape[:2]
+    # Size and channels of the file itself: the decoder may hand over a reduced or gray image.
+    h, w = (info.height, info.width) if info is not None else image.shape[:2]
     if "min_size" in accepts and min(h, w) < accepts["min_size"]:
         return Rejection("too_small", f"{w}x{h} pixels; the model needs at least {accepts['min_size']} on the shorter side")
-    channels = 1 if image.ndim == 2 else image.shape[2]
+    channels = info.channels if info is not None else 1 if image.ndim == 2 else image.shape[2]
     if "channels" in accepts and channels not in accepts["channels"]:
         return Rejection("channels_not_accepted", f"{channels} channel(s); the model accepts {accepts['channels']}")
     return _content(image)

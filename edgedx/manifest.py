@@ -138,13 +138,16 @@ def from_dict(data: Any, source: str = "manifest") -> Manifest:
         problems.extend(f"preprocess/input {p}" for p in str(exc).split("; "))
 
     activation = out.get("activation", "softmax")
-    if activation not in {a.value for a in Activation}:
+    if not isinstance(activation, str) or activation not in {a.value for a in Activation}:
         problems.append(f"output.activation: must be softmax, sigmoid or none, got {activation!r}")
         activation = "none"
 
     positive, threshold = data.get("positive_label"), data.get("threshold")
     if (positive is None) != (threshold is None):
         problems.append("positive_label and threshold: give both (binary screening model) or neither")
+    if positive is not None and not isinstance(positive, str):
+        problems.append("positive_label: must be a string")
+        positive = None
     if positive is not None and labels and positive not in labels:
         problems.append(f"positive_label: {positive!r} is not one of the labels {labels}")
     if positive is not None and len(labels) != 2:
@@ -155,7 +158,7 @@ def from_dict(data: Any, source: str = "manifest") -> Manifest:
         problems.append("positive_label: a sigmoid model with two labels needs the label its output scores")
 
     precision = data.get("precision", "fp32")
-    if precision not in PRECISIONS:
+    if not isinstance(precision, str) or precision not in PRECISIONS:
         problems.append(f"precision: must be one of {list(PRECISIONS)}, got {precision!r}")
     for name in ("provenance", "accepts", "engine"):
         if not isinstance(data.get(name, {}), Mapping):
@@ -187,6 +190,8 @@ def from_json(text: str, source: str = "manifest") -> Manifest:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ModelError(f"invalid manifest in {source}: not JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise ModelError(f"invalid manifest in {source}: JSON nested too deeply") from None
     return from_dict(data, source)
 
 

@@ -38,8 +38,8 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         metadata: dict[str, str] = {}
         for number, value in _iter_fields(data):
             if number == _METADATA_PROPS:
-                entry = dict(_iter_fields(value))
-                metadata[bytes(entry.get(1, b"")).decode()] = bytes(entry.get(2, b"")).decode()
+                entry = dict(_iter_fields(_message(value)))
+                metadata[_text(entry.get(1, b""))] = _text(entry.get(2, b""))
     except (ValueError, UnicodeDecodeError, IndexError) as exc:
         raise ModelError(f"{path} is not an ONNX model ({exc})") from None
     if _IR_VERSION not in fields or _GRAPH not in fields:
@@ -63,10 +63,10 @@ def external_data_locations(path: str | Path) -> list[str]:
                     continue
                 for n, entry in fields:
                     if n == _TENSOR_EXTERNAL_DATA:
-                        kv = dict(_iter_fields(entry))
-                        if bytes(kv.get(1, b"")) == b"location":
-                            out.append(bytes(kv.get(2, b"")).decode("utf-8", "replace"))
-    except (ValueError, IndexError) as exc:
+                        kv = dict(_iter_fields(_message(entry)))
+                        if _text(kv.get(1, b"")) == "location":
+                            out.append(_text(kv.get(2, b"")))
+    except (ValueError, UnicodeDecodeError, IndexError) as exc:
         raise ModelError(f"{path} is not an ONNX model ({exc})") from None
     return out
 
@@ -83,6 +83,20 @@ def check_external_data(path: str | Path) -> None:
         target = (folder / location).resolve()
         if Path(location).is_absolute() or folder not in (target, *target.parents):
             raise ModelError(f"{path} refers to external data outside its folder ({location!r}); refusing to load it")
+
+
+def _message(value: object) -> memoryview:
+    """A length-delimited field's bytes; anything else means the file is not what it claims."""
+    if not isinstance(value, memoryview):
+        raise ValueError("expected an embedded message")
+    return value
+
+
+def _text(value: object) -> str:
+    """A string field (never ``bytes(n)`` on a number: that would allocate n bytes)."""
+    if isinstance(value, bytes) and not value:
+        return ""
+    return bytes(_message(value)).decode()
 
 
 def _top_level_fields(data: bytes):

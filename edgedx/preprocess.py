@@ -10,6 +10,7 @@ is then ``(pixel * scale - mean) / std`` per channel, as the manifest says.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
@@ -79,20 +80,30 @@ class PreprocessSpec:
                 out.append(f"{name}: must be an integer in 1..16384, got {value!r}")
         if self.channels not in (1, 3):
             out.append(f"channels: must be 1 (gray) or 3 (RGB), got {self.channels!r}")
-        if self.resize not in {p.value for p in ResizePolicy}:
+        if not isinstance(self.resize, str) or self.resize not in {p.value for p in ResizePolicy}:
             out.append(f"resize: must be one of {[p.value for p in ResizePolicy]}, got {self.resize!r}")
-        if self.layout not in {p.value for p in Layout}:
+        if not isinstance(self.layout, str) or self.layout not in {p.value for p in Layout}:
             out.append(f"layout: must be NCHW or NHWC, got {self.layout!r}")
         for name in ("mean", "std"):
             values = getattr(self, name)
             if not isinstance(values, tuple) or len(values) not in (1, self.channels if self.channels in (1, 3) else 1):
                 out.append(f"{name}: must have 1 or {self.channels} values, got {values!r}")
-            elif not all(isinstance(v, (int, float)) and np.isfinite(v) for v in values):
+            elif not all(_finite(v) for v in values):
                 out.append(f"{name}: values must be finite numbers, got {values!r}")
-        if isinstance(self.std, tuple) and any(isinstance(v, (int, float)) and v <= 0 for v in self.std):
+        if isinstance(self.std, tuple) and all(_finite(v) for v in self.std) and any(v <= 0 for v in self.std):
             out.append(f"std: values must be > 0, got {self.std!r}")
-        if not isinstance(self.scale, (int, float)) or not np.isfinite(self.scale) or self.scale <= 0:
+        if not _finite(self.scale) or self.scale <= 0:
             out.append(f"scale: must be a finite number > 0, got {self.scale!r}")
+        if not _finite(self.pad_value) or not 0 <= self.pad_value <= 65535:
+            out.append(f"pad_value: must be a number in the pixel range, got {self.pad_value!r}")
+        if not out:
+            # The float32 coefficients must be finite too (std 1e-320 or scale 1e300 pass the checks above).
+            with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+                mean = np.asarray(self.mean, np.float64)
+                std = np.asarray(self.std, np.float64)
+                coeffs = np.concatenate([self.scale / std, -mean / std]).astype(np.float32)
+            if not np.isfinite(coeffs).all():
+                out.append("scale/mean/std: the normalization overflows float32")
         return out
 
     def with_changes(self, **changes: object) -> PreprocessSpec:
@@ -107,6 +118,16 @@ class PreprocessSpec:
     def buffer(self, batch_size: int) -> np.ndarray:
         """A fresh float32 input buffer for ``batch_size`` images."""
         return np.empty((batch_size, *self.sample_shape()), np.float32)
+
+
+def _finite(x: object) -> bool:
+    """A real number (not bool) that is finite, including ints too large for a float."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:
+        return False
 
 
 def apply(image: np.ndarray, spec: PreprocessSpec, out: np.ndarray | None = None) -> np.ndarray:

@@ -115,7 +115,7 @@ def test_one_thread_classifies_while_another_decodes(model, xray_files):
 
         def decoder():
             for f in xray_files:
-                frames.append(decode.decode_file(f)[0].image)
+                frames.append(decode.decode_file(f, clf.decode_options)[0].image)
 
         t = threading.Thread(target=decoder)
         t.start()

@@ -10,8 +10,8 @@ from edgedx.errors import ModelError
 from tests.factories import frame, manifest_dict, tiny_cnn
 
 
-def dicom_info(modality="CR", photometric="MONOCHROME2"):
-    return SimpleNamespace(format="dicom", modality=modality, photometric=photometric)
+def dicom_info(modality="CR", photometric="MONOCHROME2", width=64, height=64, channels=1):
+    return SimpleNamespace(format="dicom", modality=modality, photometric=photometric, width=width, height=height, channels=channels)
 
 
 @pytest.mark.parametrize(
@@ -36,11 +36,15 @@ def test_accepts_section():
     img = frame(64, 64)
     assert gate.check(img, dicom_info("MR"), accepts).code == "modality_not_accepted"
     assert gate.check(img, dicom_info(photometric="RGB"), accepts).code == "photometric_not_accepted"
-    assert gate.check(frame(16, 64), dicom_info(), accepts).code == "too_small"
+    assert gate.check(frame(16, 64), dicom_info(height=16), accepts).code == "too_small"
     assert gate.check(frame(64, 64, 3), None, accepts).code == "channels_not_accepted"
+    # the file's own size and channels count, not those of a reduced or gray-decoded image
+    assert gate.check(frame(32, 32), dicom_info(width=2048, height=2048), accepts | {"min_size": 100}) is None
+    assert gate.check(frame(64, 64), dicom_info(channels=3), accepts).code == "channels_not_accepted"
     assert gate.check(img, dicom_info(), accepts) is None
     # a PNG has no modality: the modality rule applies to DICOM only
-    assert gate.check(img, SimpleNamespace(format="png", modality=None, photometric=None), accepts) is None
+    png = SimpleNamespace(format="png", modality=None, photometric=None, width=64, height=64, channels=1)
+    assert gate.check(img, png, accepts) is None
 
 
 def test_bad_accepts_is_a_manifest_error():

@@ -105,11 +105,6 @@ def test_cli_gives_one_record_per_input_and_no_traceback(corpus: Corpus, model: 
     assert f"{n} answers for {n} inputs" in proc.stderr and f"{errors} failed" in proc.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lead: cli.main sets OPENCV_LOG_LEVEL=ERROR, so OpenCV still prints its own multi-line [ERROR] "
-    "reports for files edgedx already reports (huge_tile.tif); set it to OFF",
-)
 def test_cli_stderr_holds_only_edgedx_lines(corpus: Corpus, model: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "edgedx", "classify", str(corpus.root / "huge_tile.tif"), "--json", "-m", str(model)],
@@ -126,11 +121,6 @@ def test_unreadable_file(corpus: Corpus) -> None:
         decode_file(corpus.root / "unreadable.png")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lead: cli.py/report.py write CSV and tables with errors='strict'; a file name that is not UTF-8 "
-    "crashes them under a strict UTF-8 locale (JSON escapes it and passes)",
-)
 def test_csv_output_survives_a_file_name_that_is_not_utf8(tmp_path: Path, corpus: Corpus, model: Path) -> None:
     name = os.path.join(os.fsencode(tmp_path), b"scan_\xff.png")
     Path(os.fsdecode(name)).write_bytes((corpus.root / "ok_gray.png").read_bytes())

@@ -23,16 +23,8 @@ from tests.fuzz import fuzz_decode, fuzz_dicom, fuzz_manifest, fuzz_onnx
 from tests.fuzz.common import Finding, mutate
 
 TARGETS = {"decode": fuzz_decode, "dicom": fuzz_dicom, "manifest": fuzz_manifest, "onnx": fuzz_onnx}
-#: Findings in the lead's files (manifest.py, preprocess.py, onnxfile.py), reported with their fixes
-#: and pinned by the strict xfail tests below; tolerated by the smoke runs until those fixes land.
-#: Remove an entry with its fix.
-KNOWN = {
-    "manifest": {
-        "RecursionError@manifest.py", "TypeError@manifest.py", "TypeError@preprocess.py",
-        "OverflowError@preprocess.py", "ValueError@preprocess.py", "Finding@a validated manifest gives",
-    },
-    "onnx": {"TypeError@onnxfile.py", "OverflowError@onnxfile.py", "MemoryError@onnxfile.py"},
-}  # fmt: skip
+#: Findings the smoke runs tolerate: none (every finding so far is fixed and has a regression test).
+KNOWN: dict[str, set[str]] = {}
 
 
 def signature(exc: Finding) -> str:
@@ -92,28 +84,22 @@ def _manifest_with(**changes: object) -> str:
     return json.dumps(doc)
 
 
-@pytest.mark.xfail(strict=True, reason="lead: manifest.from_json lets RecursionError escape (catch it, ModelError)")
 def test_deeply_nested_manifest_is_a_model_error() -> None:
     with pytest.raises(ModelError):
         manifest.from_json("[" * 100_000)
 
 
-@pytest.mark.xfail(strict=True, reason="lead: manifest.from_dict: an unhashable activation raises TypeError")
 def test_list_activation_is_a_model_error() -> None:
     with pytest.raises(ModelError, match="activation"):
         manifest.from_json(_manifest_with(output__activation=[]))
 
 
-@pytest.mark.xfail(strict=True, reason="lead: PreprocessSpec does not validate pad_value (apply then raises)")
 @pytest.mark.parametrize("pad", ["x", {}, 10**10, float("nan")])
 def test_pad_value_must_be_a_finite_number(pad: object) -> None:
     with pytest.raises(ModelError, match="pad_value"):
         manifest.from_json(_manifest_with(preprocess__pad_value=pad))
 
 
-@pytest.mark.xfail(
-    strict=True, reason="lead: PreprocessSpec accepts std/mean/scale whose float32 coefficients are infinite"
-)
 @pytest.mark.parametrize("field, value", [("std", [1e-320]), ("mean", [1e300]), ("scale", 1e300)])
 def test_coefficients_that_overflow_float32_are_refused(field: str, value: object) -> None:
     try:
@@ -130,9 +116,6 @@ def _onnx_with_entry(entry: bytes, tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.xfail(
-    strict=True, reason="lead: onnxfile.read_metadata: metadata_props with a varint wire type raises TypeError"
-)
 def test_metadata_entry_that_is_not_a_message(tmp_path: Path) -> None:
     path = tmp_path / "m.onnx"
     path.write_bytes(bytes([1 << 3, 8, 7 << 3 | 2, 0, 14 << 3 | 0, 5]))
@@ -140,9 +123,6 @@ def test_metadata_entry_that_is_not_a_message(tmp_path: Path) -> None:
         read_metadata(path)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="lead: onnxfile.read_metadata: bytes(int) on a varint key allocates that many bytes"
-)
 def test_metadata_key_that_is_a_number_allocates_nothing(tmp_path: Path) -> None:
     huge = bytes([0x80] * 8 + [0x40])  # varint 2**62: bytes(2**62) raises OverflowError; 2**31 would allocate 2 GB
     with pytest.raises(ModelError):
