@@ -60,7 +60,7 @@ def run_manifest(run_dir: Path, info: dict[str, Any], accepts: dict[str, Any] | 
     training = info.get("training", {})
     validation = {k: v for k, v in (info.get("validation") or {}).items() if k != "confusion"}
     provenance = {
-        "source_model": str(Path(run_dir) / "model.pt"),
+        "source_model": f"{Path(run_dir).name}/model.pt",  # run-relative: no machine paths in the model
         "source_sha256": file_sha256(Path(run_dir) / "model.pt"),
         "architecture": info.get("architecture", "ScreeningCNN"),
         "widths": info["widths"],
