@@ -117,17 +117,18 @@ def main(argv: list[str] | None = None) -> int:
 # -- edgedx rows ---------------------------------------------------------------------------------
 
 
-def _classifier(path: Path, batch: int, cfg: Config):
+def _classifier(path: Path, batch: int, cfg: Config, workers: int | None = None):
+    """As ``edgedx bench`` builds it: model-only rows run no decode workers (``workers=0``)."""
     from edgedx.api import Classifier
     from edgedx.backends import SessionOptions
 
-    return Classifier(path, "onnxruntime", batch_size=batch, session_options=SessionOptions(threads=cfg.threads))
+    return Classifier(path, "onnxruntime", batch_size=batch, workers=workers, session_options=SessionOptions(threads=cfg.threads))
 
 
 def edgedx_model(path: Path, batch: int, cfg: Config) -> dict[str, Any]:
     """Includes: Session.run (input check, ORT run, float32 output). Excludes: decode, preprocess, postprocess."""
     C.log(f"edgedx model-only b{batch} {path.name}")
-    with _classifier(path, batch, cfg) as clf:
+    with _classifier(path, batch, cfg, workers=0) as clf:
         image = first_image(cfg.files)
         r = bench_model(
             clf, batch_size=batch, iterations=None, warmup=cfg.warmup, duration_s=cfg.duration_s, image=image

@@ -132,7 +132,11 @@ class Classifier:
         self.decode_options = decode_options or decode.DecodeOptions()
         self.threshold = threshold
         self.backend_note: str | None = None
-        self.session = self._open(backend, session_options or SessionOptions())
+        session_options = session_options or SessionOptions()
+        if session_options.spin_wait is None:
+            # Spinning inference threads would take the cores the decode workers need.
+            session_options = dataclasses.replace(session_options, spin_wait=self.workers == 0)
+        self.session = self._open(backend, session_options)
         self.use_gate = use_gate
         self._audit: AuditLog | None = None
         self._lock = threading.RLock()  # one batch at a time owns the input buffer and the session

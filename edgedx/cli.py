@@ -203,7 +203,8 @@ def bench(
         raise UsageError("give --model or --engine, not both")
     if iterations is None and duration is None:
         iterations = 200
-    with api.Classifier(engine or model, backend.value, batch_size=batch_size,
+    # Model-only timing runs no decode threads: inference gets the cores to itself, as in a bare session.
+    with api.Classifier(engine or model, backend.value, batch_size=batch_size, workers=None if images else 0,
                         session_options=_session_options(threads, not no_cuda_graph, trust_engine)) as clf:
         if images is not None:
             files = api.expand_paths([images])

@@ -57,6 +57,9 @@ class SessionOptions:
         trust_engine: allow TensorRT engines that carry host code (version-compatible ones).
         cuda_binding: "auto", "cuda-python" or "pycuda".
         providers: ONNX Runtime execution providers to ask for; None picks the CPU provider.
+        spin_wait: let CPU inference threads spin between parallel sections. Fastest when inference
+            runs alone; it steals the cores from decode threads running beside it. None: the
+            backend's default (the Classifier decides: off when it has decode workers).
     """
 
     threads: int | None = None
@@ -64,6 +67,7 @@ class SessionOptions:
     trust_engine: bool = False
     cuda_binding: str = "auto"
     providers: tuple[str, ...] | None = None
+    spin_wait: bool | None = None
 
 
 def cpu_count() -> int:

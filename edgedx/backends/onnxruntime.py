@@ -33,6 +33,8 @@ class OnnxRuntimeSession(Session):
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.log_severity_level = 3
+        if self.options.spin_wait is not None:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.options.spin_wait else "0")
         requested = list(self.options.providers or (_CPU,))
         unknown = [p for p in requested if p not in ort.get_available_providers()]
         if unknown:
