@@ -175,17 +175,22 @@ def reduced_decode(path: Path, spec: PreprocessSpec, duration: float) -> list[di
             max_abs_diff_pixels=float(diff.max() * to_pixels),
         )
         rows.append(row)
-    C.log("reduced decode: edgedx decode_file (full)")
-    row = _time(lambda: edgedx_pipeline(path, spec), duration)
-    row.update(
-        scale="edgedx decode_file",
-        decoded="2048x2048",
-        upsamples=False,
-        max_abs_diff=float(np.abs(edgedx_pipeline(path, spec) - full).max()),
-        mean_abs_diff=None,
-        max_abs_diff_pixels=None,
-    )
-    rows.append(row)
+    for label, options in (("edgedx decode_file (full)", decode.DecodeOptions()),
+                           ("edgedx as Classifier decodes", decode.DecodeOptions(target_size=(spec.width, spec.height),
+                                                                                target_channels=spec.channels))):
+        C.log(f"reduced decode: {label}")
+        first = decode.decode_file(path, options)[0]
+        row = _time(lambda o=options: preprocess.apply(decode.decode_file(path, o)[0].image, spec), duration)
+        diff = np.abs(preprocess.apply(first.image, spec) - full)
+        row.update(
+            scale=label,
+            decoded=f"{first.image.shape[1]}x{first.image.shape[0]}",
+            upsamples=False,
+            max_abs_diff=float(diff.max()),
+            mean_abs_diff=float(diff.mean()),
+            max_abs_diff_pixels=float(diff.max() * to_pixels),
+        )
+        rows.append(row)
     return rows
 
 
