@@ -19,6 +19,7 @@ import typer
 
 from edgedx.cli import Backend, log_to_stderr
 from edgedx.errors import EXIT_INPUT_FAILED, UsageError
+from export.options import Method, Target
 
 app = typer.Typer(
     help="Workstation side: export to ONNX, quantize to INT8, convert to FP16, verify against a reference.",
@@ -27,17 +28,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 log = logging.getLogger("edgedx")
-
-
-class TargetChoice(str, Enum):
-    cpu = "cpu"
-    tensorrt = "tensorrt"
-
-
-class MethodChoice(str, Enum):
-    minmax = "minmax"
-    entropy = "entropy"
-    percentile = "percentile"
 
 
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout.")
@@ -106,8 +96,8 @@ def quantize_command(
     model: Path = typer.Argument(..., help="The FP32 ONNX model (with its edgedx manifest)."),
     output: Path = typer.Option(..., "--out", "-o", help="The INT8 ONNX file to write."),
     calib: List[Path] = typer.Option(..., "--calib", help="Calibration scans: files or folders (walked recursively)."),
-    target: TargetChoice = typer.Option(TargetChoice.cpu, help="cpu: U8S8 for ONNX Runtime; tensorrt: symmetric S8S8 Q/DQ."),
-    method: MethodChoice = typer.Option(MethodChoice.percentile, help="Activation range calibration."),
+    target: Target = typer.Option(Target.CPU, help="cpu: U8S8 for ONNX Runtime; tensorrt: symmetric S8S8 Q/DQ."),
+    method: Method = typer.Option(Method.PERCENTILE, help="Activation range calibration."),
     num_images: int = typer.Option(200, "--num-images", min=1, help="Calibration images (evenly spread over --calib)."),
     exclude: Optional[List[str]] = typer.Option(None, "--exclude", help="Node names or op types to keep in float (repeatable or comma-separated)."),
     percentile: float = typer.Option(99.999, min=90.0, max=100.0, help="--method percentile: the cut-off."),
@@ -126,7 +116,7 @@ def quantize_command(
 
     log_to_stderr()
     options = quant.QuantizeOptions(
-        target=quant.Target(target.value), method=quant.Method(method.value), num_images=num_images,
+        target=target, method=method, num_images=num_images,
         exclude=tuple(x for item in exclude or () for x in item.split(",") if x), percentile=percentile, cache=not no_cache,
     )
     gate = Gate(max_auc_drop, max_accuracy_drop, max_sensitivity_drop, max_flip_rate)

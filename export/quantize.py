@@ -28,7 +28,6 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -38,20 +37,10 @@ from edgedx import decode, manifest as manifest_mod, preprocess
 from edgedx.errors import InputError, ModelError, UsageError
 from edgedx.evaluate import Gate, GateFailed
 from edgedx.manifest import Manifest
+from export.options import Method, Target
 from export.to_onnx import Tolerance, compare, load_images, require, save_with_manifest
 
 log = logging.getLogger("edgedx")
-
-
-class Target(str, Enum):
-    CPU = "cpu"
-    TENSORRT = "tensorrt"
-
-
-class Method(str, Enum):
-    MINMAX = "minmax"
-    ENTROPY = "entropy"
-    PERCENTILE = "percentile"
 
 
 @dataclass(frozen=True)
