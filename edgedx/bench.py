@@ -35,6 +35,8 @@ class BenchResult:
     backend_detail: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     images: int | None = None
+    #: Jetson only: nvpmodel power mode and clocks during the run.
+    platform: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -214,6 +214,9 @@ def bench(
     for w in result.warnings:
         log.warning("%s", w)
     if as_json:
+        from edgedx.device_info import jetson_facts
+
+        result.platform = jetson_facts()
         print(json.dumps(result.to_dict()))
         return
     lat = result.latency_ms
