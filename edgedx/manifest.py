@@ -152,7 +152,7 @@ def from_dict(data: Any, source: str = "manifest") -> Manifest:
         problems.append(f"positive_label: {positive!r} is not one of the labels {labels}")
     if positive is not None and len(labels) != 2:
         problems.append("positive_label: only binary models (two labels) have a positive label")
-    if threshold is not None and not (isinstance(threshold, (int, float)) and 0.0 <= threshold <= 1.0):
+    if threshold is not None and (isinstance(threshold, bool) or not (isinstance(threshold, (int, float)) and 0.0 <= threshold <= 1.0)):
         problems.append(f"threshold: must be a number in [0, 1], got {threshold!r}")
     if activation == "sigmoid" and len(labels) == 2 and positive is None:
         problems.append("positive_label: a sigmoid model with two labels needs the label its output scores")

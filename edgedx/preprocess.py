@@ -78,7 +78,7 @@ class PreprocessSpec:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 16384:
                 out.append(f"{name}: must be an integer in 1..16384, got {value!r}")
-        if self.channels not in (1, 3):
+        if isinstance(self.channels, bool) or self.channels not in (1, 3):
             out.append(f"channels: must be 1 (gray) or 3 (RGB), got {self.channels!r}")
         if not isinstance(self.resize, str) or self.resize not in {p.value for p in ResizePolicy}:
             out.append(f"resize: must be one of {[p.value for p in ResizePolicy]}, got {self.resize!r}")
@@ -94,7 +94,7 @@ class PreprocessSpec:
             out.append(f"std: values must be > 0, got {self.std!r}")
         if not _finite(self.scale) or self.scale <= 0:
             out.append(f"scale: must be a finite number > 0, got {self.scale!r}")
-        if not _finite(self.pad_value) or not 0 <= self.pad_value <= 65535:
+        if not _finite(self.pad_value) or not 0 <= self.pad_value <= 255:
             out.append(f"pad_value: must be a number in the pixel range, got {self.pad_value!r}")
         if not out:
             # The float32 coefficients must be finite too (std 1e-320 or scale 1e300 pass the checks above).
@@ -205,7 +205,9 @@ def _resize(img: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     if spec.resize is ResizePolicy.LETTERBOX:
         s = min(spec.width / w, spec.height / h)
         nw, nh = max(1, round(w * s)), max(1, round(h * s))
-        canvas = np.full((spec.height, spec.width, *img.shape[2:]), spec.pad_value, img.dtype)
+        # pad_value is in the 0..255 domain; a uint16 image pads with the same display value.
+        pad = spec.pad_value * 257 if img.dtype == np.uint16 else spec.pad_value
+        canvas = np.full((spec.height, spec.width, *img.shape[2:]), pad, img.dtype)
         x0, y0 = (spec.width - nw) // 2, (spec.height - nh) // 2
         canvas[y0 : y0 + nh, x0 : x0 + nw] = _resize_to(img, nw, nh)
         return canvas

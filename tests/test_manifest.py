@@ -67,3 +67,8 @@ def test_assumed_manifest_reports_what_was_assumed():
     assert m2.preprocess.layout.value == "NHWC" and m2.activation.value == "sigmoid"
     assert m2.positive_label == "Abnormal" and m2.threshold == 0.5
     assert not any("mean" in a for a in assumed2)
+
+
+def test_boolean_threshold_is_refused():
+    with pytest.raises(ModelError, match="threshold"):
+        manifest.from_dict(manifest_dict(threshold=True))

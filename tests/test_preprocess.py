@@ -98,3 +98,16 @@ def test_spec_validation_lists_every_problem():
 def test_wrong_output_buffer_is_refused():
     with pytest.raises(ValueError):
         preprocess.apply(np.zeros((4, 4), np.uint8), spec(), np.empty((1, 4, 4), np.float64))
+
+
+def test_letterbox_pad_means_the_same_for_16_bit_images():
+    s = spec(width=8, height=8, resize="letterbox", pad_value=255, scale=1.0, mean=(0.0,), std=(1.0,))
+    a = preprocess.apply(np.full((4, 8), 0, np.uint16), s)[0]
+    b = preprocess.apply(np.full((4, 8), 0, np.uint8), s)[0]
+    np.testing.assert_allclose(a, b, atol=1e-3)
+    assert a[0, 0] == pytest.approx(255, abs=1e-3)
+
+
+def test_booleans_are_not_numbers_in_a_spec():
+    with pytest.raises(ValueError, match="channels"):
+        PreprocessSpec(width=4, height=4, channels=True)
