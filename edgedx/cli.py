@@ -71,6 +71,7 @@ def classify(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or warnings on stderr."),
     window: Optional[str] = typer.Option(None, help="DICOM window override as CENTER,WIDTH."),
     all_frames: bool = typer.Option(False, "--all-frames", help="Every frame of a multi-frame DICOM as its own record."),
+    max_pixels: int = typer.Option(100_000_000, "--max-pixels", min=1, help="Refuse images with more pixels than this (decompression bombs)."),
     labels: Optional[str] = typer.Option(None, help="Comma-separated labels, for a model without a manifest."),
     mean: Optional[str] = typer.Option(None, help="Per-channel mean (after scale), for a model without a manifest."),
     std: Optional[str] = typer.Option(None, help="Per-channel std, for a model without a manifest."),
@@ -112,7 +113,7 @@ def classify(
         workers=workers,
         use_gate=not no_gate,
         audit=audit,
-        decode_options=decode.DecodeOptions(window=center_width, all_frames=all_frames),
+        decode_options=decode.DecodeOptions(window=center_width, all_frames=all_frames, max_pixels=max_pixels),
         session_options=_session_options(threads, not no_cuda_graph, trust_engine),
         overrides=overrides,
     )

@@ -107,3 +107,11 @@ def test_models_lists_the_default(capsys):
 def test_console_script_runs_as_module(model, xray_files):
     r = subprocess.run([sys.executable, "-m", "edgedx", "classify", str(xray_files[0]), "-m", str(model), "--json"], capture_output=True, text=True)
     assert r.returncode == 0 and json.loads(r.stdout)["status"] == "ok"
+
+
+def test_pixel_limit_is_configurable(capsys, model, xray_files):
+    code, out, _ = run(capsys, "classify", xray_files[0], "-m", model, "--json", "--max-pixels", "1000")
+    rec = json.loads(out)
+    assert code == 1 and rec["status"] == "error" and "pixel" in rec["error"].lower()
+    code, out, _ = run(capsys, "classify", xray_files[0], "-m", model, "--json", "--max-pixels", "60000")
+    assert code == 0 and json.loads(out)["status"] == "ok"
