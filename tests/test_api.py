@@ -213,3 +213,18 @@ def test_bad_arguments_are_usage_errors(model, tmp_path):
         Classifier(model, threshold=1.5)
     with pytest.raises(UsageError, match="audit"):
         Classifier(model, audit=tmp_path / "no" / "such" / "dir" / "audit.ndjson")
+
+
+def test_available_backends_reports_missing_hardware(monkeypatch):
+    import dataclasses
+
+    from edgedx.backends import base
+
+    monkeypatch.setattr(base, "missing_requirements", lambda name: [])
+    entry = dataclasses.replace(base.BACKENDS["tensorrt"], probe="tests.test_api:_no_gpu")
+    monkeypatch.setitem(base.BACKENDS, "tensorrt", entry)
+    assert base.available_backends() == {"onnxruntime": None, "tensorrt": "no CUDA device (test)"}
+
+
+def _no_gpu():
+    return "no CUDA device (test)"

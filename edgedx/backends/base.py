@@ -22,6 +22,7 @@ class BackendEntry:
     target: str  # "module:Class", imported on first use
     requires: tuple[str, ...]  # top-level modules that must be importable
     install_hint: str
+    probe: str | None = None  # "module:function" -> None or why the hardware cannot run it
 
 
 BACKENDS: dict[str, BackendEntry] = {
@@ -34,6 +35,7 @@ BACKENDS: dict[str, BackendEntry] = {
         "edgedx.backends.tensorrt:TensorRTSession",
         ("tensorrt|tensorrt_lean", "cuda|pycuda"),
         "pip install 'edgedx[trt]' (TensorRT and cuda-python; on Jetson use JetPack's TensorRT)",
+        probe="edgedx.cuda.driver:probe_device",
     ),
 }
 
@@ -185,11 +187,18 @@ def missing_requirements(name: str) -> list[str]:
 
 
 def available_backends() -> dict[str, str | None]:
-    """Backend name -> None when its packages are installed, else what is missing."""
-    return {
-        name: (None if not (m := missing_requirements(name)) else f"missing {', '.join(m)}")
-        for name in BACKENDS
-    }
+    """Backend name -> None when it can run here, else why not (missing packages, no device)."""
+    out: dict[str, str | None] = {}
+    for name, entry in BACKENDS.items():
+        missing = missing_requirements(name)
+        if missing:
+            out[name] = f"missing {', '.join(missing)}"
+        elif entry.probe is not None:
+            module, _, func = entry.probe.partition(":")
+            out[name] = getattr(importlib.import_module(module), func)()
+        else:
+            out[name] = None
+    return out
 
 
 def session_class(name: str) -> type[Session]:

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from edgedx.errors import BackendError, BackendUnavailable, UsageError
+from edgedx.errors import BackendError, BackendUnavailable, EdgedxError, UsageError
 
 log = logging.getLogger("edgedx")
 
@@ -190,6 +190,19 @@ def open_driver(binding: str = "auto") -> CudaDriver:
     name = choose_binding(binding, installed_bindings())
     module, _, cls = BINDINGS[name][0].partition(":")
     return getattr(importlib.import_module(module), cls)()
+
+
+def probe_device(binding: str = "auto") -> str | None:
+    """None when a CUDA device is usable here, else why not (for ``edgedx info``)."""
+    try:
+        driver = open_driver(binding)
+    except EdgedxError as exc:
+        return str(exc)
+    try:
+        count, why = driver.probe()
+    finally:
+        driver.close()
+    return None if count else f"no CUDA device ({why})"
 
 
 def host_view(ptr: int, nbytes: int, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
