@@ -133,6 +133,9 @@ def _finite(x: object) -> bool:
 def apply(image: np.ndarray, spec: PreprocessSpec, out: np.ndarray | None = None) -> np.ndarray:
     """Preprocess one decoded image into ``out`` (one sample, ``spec.sample_shape()``, float32).
 
+    The same as ``normalize(resize(image, spec), spec, out)``: pipelines call the two halves on
+    different threads so that the normalized values land straight in the (pinned) batch buffer.
+
     Args:
         image: HxW or HxWxC (C = 1 or 3, RGB order), uint8, uint16 or float32.
         spec: the model's preprocessing contract.
@@ -145,15 +148,32 @@ def apply(image: np.ndarray, spec: PreprocessSpec, out: np.ndarray | None = None
     Raises:
         InputError: the image has an unsupported shape or dtype, or non-finite values.
     """
+    return normalize(resize(image, spec), spec, out)
+
+
+def resize(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """The first half of :func:`apply`: channels and size of the model, still in the pixel domain
+    (uint8, uint16 or float32; a quarter of the float32 sample's bytes for 8-bit images).
+
+    Raises:
+        InputError: the image has an unsupported shape or dtype, or non-finite values.
+    """
+    return _resize(_prepare(image, spec.channels), spec)
+
+
+def normalize(pixels: np.ndarray, spec: PreprocessSpec, out: np.ndarray | None = None) -> np.ndarray:
+    """The second half of :func:`apply`: ``(pixel * scale - mean) / std`` of a :func:`resize` result
+    into ``out``, in the model's layout. One pass; nothing else is copied."""
     if out is None:
         out = np.empty(spec.sample_shape(), np.float32)
     elif out.shape != spec.sample_shape() or out.dtype != np.float32:
         raise ValueError(f"output buffer must be float32 {spec.sample_shape()}, got {out.dtype} {out.shape}")
-    img, domain = _prepare(image, spec.channels)
-    img = _resize(img, spec)
+    if pixels.shape[:2] != (spec.height, spec.width):
+        raise ValueError(f"normalize takes resize()'s output ({spec.height}x{spec.width}), got {pixels.shape}")
+    domain = _UINT16_TO_8BIT if pixels.dtype == np.uint16 else 1.0
     gain, bias = spec._coeffs
     for c in range(spec.channels):
-        plane = img if img.ndim == 2 else img[:, :, c]
+        plane = pixels if pixels.ndim == 2 else pixels[:, :, c]
         dst = out[c] if spec.layout is Layout.NCHW else out[:, :, c]
         np.multiply(plane, np.float32(gain[c] * domain), out=dst)
         dst += bias[c]
@@ -169,28 +189,23 @@ def apply_batch(images: list[np.ndarray], spec: PreprocessSpec, out: np.ndarray 
     return out
 
 
-def _prepare(image: np.ndarray, channels: int) -> tuple[np.ndarray, float]:
-    """Bring ``image`` to 2-D gray or HxWx3, in a dtype OpenCV resizes; return it and its domain factor."""
+def _prepare(image: np.ndarray, channels: int) -> np.ndarray:
+    """Bring ``image`` to 2-D gray or HxWx3 in uint8, uint16 or float32 (its domain follows from the dtype)."""
     if not isinstance(image, np.ndarray):
         raise InputError(f"expected a numpy array, got {type(image).__name__}")
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3) or 0 in image.shape:
         raise InputError(f"unsupported image shape {image.shape}: expected HxW, HxWx1 or HxWx3")
-    if image.dtype == np.uint8:
-        domain = 1.0
-    elif image.dtype == np.uint16:
-        domain = _UINT16_TO_8BIT
-    elif image.dtype in (np.float32, np.float64):
+    if image.dtype in (np.float32, np.float64):
         if not np.isfinite(image).all():
             raise InputError("image has NaN or infinite pixel values")
         image = image.astype(np.float32, copy=False)
-        domain = 1.0
-    else:
+    elif image.dtype not in (np.uint8, np.uint16):
         raise InputError(f"unsupported pixel type {image.dtype}: expected uint8, uint16 or float32")
     if channels == 1 and image.ndim == 3:
         image = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
-    return image, domain
+    return image
 
 
 def _resize(img: np.ndarray, spec: PreprocessSpec) -> np.ndarray:

@@ -111,3 +111,24 @@ def test_letterbox_pad_means_the_same_for_16_bit_images():
 def test_booleans_are_not_numbers_in_a_spec():
     with pytest.raises(ValueError, match="channels"):
         PreprocessSpec(width=4, height=4, channels=True)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("resize", ["stretch", "letterbox", "center_crop"])
+def test_resize_then_normalize_is_apply(layout, channels, resize):
+    s = PreprocessSpec(width=12, height=10, channels=channels, resize=resize, layout=layout, mean=(0.4,), std=(0.2,))
+    rng = np.random.default_rng(0)
+    for img in (rng.integers(0, 256, (37, 23), np.uint8), rng.integers(0, 65536, (15, 40, 3), np.uint16),
+                rng.random((30, 30)).astype(np.float32) * 255):
+        pixels = preprocess.resize(img, s)
+        assert pixels.shape[:2] == (10, 12) and pixels.dtype == (img.dtype if img.dtype != np.float64 else np.float32)
+        buf = s.buffer(2)
+        out = preprocess.normalize(pixels, s, buf[1])
+        assert out.base is buf or np.shares_memory(out, buf)
+        np.testing.assert_array_equal(out, preprocess.apply(img, s))
+
+
+def test_normalize_refuses_pixels_that_were_not_resized():
+    with pytest.raises(ValueError, match="resize"):
+        preprocess.normalize(np.zeros((5, 5), np.uint8), spec())
