@@ -16,6 +16,7 @@ log = logging.getLogger("edgedx")
 
 _DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64", "tensor(uint8)": "uint8"}
 _CPU = "CPUExecutionProvider"
+_CUDA = "CUDAExecutionProvider"
 
 
 class OnnxRuntimeSession(Session):
@@ -35,8 +36,11 @@ class OnnxRuntimeSession(Session):
         opts.log_severity_level = 3
         if self.options.spin_wait is not None:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.options.spin_wait else "0")
-        requested = list(self.options.providers or (_CPU,))
-        unknown = [p for p in requested if p not in ort.get_available_providers()]
+        available = ort.get_available_providers()
+        # Unasked, use onnxruntime-gpu's CUDA provider where this ONNX Runtime has one; what really
+        # runs is read back below. (The TensorRT provider builds engines at start-up: ask for it.)
+        requested = list(self.options.providers or ([_CUDA] if _CUDA in available else []) + [_CPU])
+        unknown = [p for p in requested if p not in available]
         if unknown:
             raise BackendUnavailable(
                 f"ONNX Runtime here has no {', '.join(unknown)} (it has {', '.join(ort.get_available_providers())}); "
