@@ -19,6 +19,19 @@ def need(path: Path) -> Path:
     return path
 
 
+def cuda_device():
+    """The first CUDA device's facts, or skip the test with the reason (no binding, no device)."""
+    from edgedx.cuda import installed_bindings, open_driver
+
+    if not installed_bindings():
+        pytest.skip("no CUDA Python binding installed (pip install cuda-python)")
+    with open_driver("auto") as cuda:
+        count, why = cuda.probe()
+        if count == 0:
+            pytest.skip(f"no CUDA device: {why}")
+        return cuda.device_info(0)
+
+
 @pytest.fixture
 def xray_files() -> list[Path]:
     """A few real chest X-rays of each class."""

@@ -552,14 +552,9 @@ def test_engine_command(tmp_path, fake_build):
 
 @pytest.fixture
 def real_builder():
-    from edgedx.cuda import installed_bindings, open_driver
+    from tests.conftest import cuda_device
 
-    if not installed_bindings():
-        pytest.skip("no CUDA Python binding installed (pip install cuda-python)")
-    with open_driver("auto") as cuda:
-        count, why = cuda.probe()
-    if count == 0:
-        pytest.skip(f"no CUDA device: {why}")
+    cuda_device()
     import importlib.util
 
     if importlib.util.find_spec("tensorrt") is None:

@@ -698,15 +698,9 @@ def test_closed_session_refuses_work(tmp_path, fakes):
 @pytest.fixture
 def real_gpu_facts():
     """This machine's TensorRT and GPU, for sidecars that pass the guard; skips without them."""
-    from edgedx.cuda import installed_bindings, open_driver
+    from tests.conftest import cuda_device
 
-    if not installed_bindings():
-        pytest.skip("no CUDA Python binding installed (pip install cuda-python)")
-    with open_driver("auto") as cuda:
-        count, why = cuda.probe()
-        if count == 0:
-            pytest.skip(f"no CUDA device: {why}")
-        device = cuda.device_info(0)
+    device = cuda_device()
     try:
         trt, lean = trt_backend.import_tensorrt()
     except BackendUnavailable as exc:
