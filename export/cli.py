@@ -65,7 +65,7 @@ def onnx_command(
     as_json: bool = JsonOpt,
 ) -> None:
     """Export a PyTorch or Keras model to one self-contained ONNX file with its manifest, checked on real images."""
-    from export import to_onnx
+    from export import from_keras, to_onnx
 
     log_to_stderr()
     tol = to_onnx.Tolerance(atol, min_agreement)
@@ -74,7 +74,7 @@ def onnx_command(
         if not labels:
             raise UsageError("Keras models need --labels (in output order: flow_from_directory sorts the class folders)")
         spec = _keras_spec(size, channels, mean, std, scale, resize)
-        result = to_onnx.export_keras(model, output, labels.split(","), positive_label=positive, threshold=threshold, spec=spec,
+        result = from_keras.export_keras(model, output, labels.split(","), positive_label=positive, threshold=threshold, spec=spec,
                                       images=files, opset=opset, simplify=simplify, tolerance=tol)
     else:
         manifest = _torch_manifest(manifest_file, labels, positive, threshold, size, channels, mean, std, scale, resize, activation)

@@ -2,7 +2,7 @@
 
     export_torch(ScreeningCNN(...), "model.onnx", manifest, images=xray_paths)
     export_torch("model.pt", "model.onnx", manifest, architecture="screening_cnn", arch_kwargs={...})
-    export_keras("tutorial_cnn.h5", "model.onnx", labels=["Normal", "Abnormal"], images=xray_paths)
+    export_keras("tutorial_cnn.h5", "model.onnx", labels=["Normal", "Abnormal"], images=xray_paths)  # export.from_keras
 
 Sources: an ``nn.Module``; a state dict (``torch.save``; loaded with ``weights_only=True`` only)
 plus an architecture from :data:`export.models.ARCHITECTURES`; a TorchScript archive; a
@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import tempfile
 import time
 import warnings
@@ -39,7 +38,7 @@ import numpy as np
 
 from edgedx import decode, postprocess, preprocess
 from edgedx.errors import BackendUnavailable, ModelError, UsageError
-from edgedx.manifest import METADATA_KEY, Manifest, from_dict
+from edgedx.manifest import METADATA_KEY, Manifest
 from edgedx.preprocess import PreprocessSpec
 
 log = logging.getLogger("edgedx")
@@ -227,121 +226,6 @@ def _export_program(program: Any, example: Any, path: Path, opset: int) -> int:
             dims[0].dim_param = "batch"
     onnx.save(model, str(path))
     return opset
-
-
-# -- Keras ---------------------------------------------------------------------------------------
-
-
-def export_keras(
-    path: str | Path,
-    output: str | Path,
-    labels: Sequence[str],
-    *,
-    positive_label: str | None = None,
-    threshold: float | None = None,
-    spec: PreprocessSpec | None = None,
-    provenance: Mapping[str, Any] | None = None,
-    images: Sequence[ImageSource] | None = None,
-    opset: int = 17,
-    simplify: bool = False,
-    tolerance: Tolerance = Tolerance(),
-) -> dict[str, Any]:
-    """Export a Keras 3 ``.keras`` or legacy ``.h5`` model (no TensorFlow: Keras's torch backend).
-
-    The input stays NHWC, as Keras trained it (the manifest says ``layout: NHWC``); ONNX Runtime and
-    TensorRT remove the layout transposes themselves. The model's final sigmoid/softmax is
-    moved into the manifest. ``spec`` defaults to the model's input size with ``scale`` 1/255,
-    mean 0, std 1: the tutorials' ``ImageDataGenerator(rescale=1./255)``.
-
-    Args:
-        labels: in the model's output order (Keras ``flow_from_directory``: sorted folder names).
-        positive_label, threshold: binary models; a one-unit sigmoid head scores ``labels[1]``
-            (the default positive label) and decides at 0.5 unless told otherwise.
-
-    Raises:
-        ModelError: a one-unit softmax head (always 1.0), a head without softmax/sigmoid, or a
-            label count that does not match the output.
-    """
-    os.environ["KERAS_BACKEND"] = "torch"  # Keras reads this once, at its first import
-    keras = require("keras")
-    torch = require("torch")
-    if keras.backend.backend() != "torch":
-        raise BackendUnavailable(f"Keras was imported with the {keras.backend.backend()} backend; export needs KERAS_BACKEND=torch set before keras is imported")
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"model not found: {path}")
-    try:
-        model = keras.models.load_model(str(path), compile=False)
-    except Exception as exc:
-        raise ModelError(f"Keras cannot load {path}: {_first_line(exc)}") from None
-    head, activation = _keras_head(model)
-    width = int(model.outputs[0].shape[-1])
-    labels = list(labels)
-    if activation == "sigmoid" and width == 1:
-        if len(labels) != 2:
-            raise ModelError(f"a one-unit sigmoid model scores one label against another: give two labels, got {labels}")
-        positive_label = positive_label or labels[1]
-        threshold = 0.5 if threshold is None else threshold
-    elif width != len(labels):
-        raise ModelError(f"the model outputs {width} values but {len(labels)} labels were given: {labels}")
-    shape = tuple(model.inputs[0].shape)
-    if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]) or shape[3] not in (1, 3):
-        raise ModelError(f"{path.name} has input shape {shape}: expected a fixed-size NHWC image input with 1 or 3 channels")
-    if spec is None:
-        spec = PreprocessSpec(width=shape[2], height=shape[1], channels=shape[3], layout="NHWC", scale=1 / 255, mean=(0.0,), std=(1.0,))
-    elif spec.sample_shape() != shape[1:] or spec.layout.value != "NHWC":
-        raise UsageError(f"the preprocessing gives {spec.layout.value} {spec.sample_shape()} but {path.name} takes NHWC {shape[1:]}")
-    manifest = from_dict({
-        "schema_version": 1, "labels": labels,
-        "input": {"layout": spec.layout.value, "height": spec.height, "width": spec.width, "channels": spec.channels},
-        "preprocess": {"resize": spec.resize.value, "scale": spec.scale, "mean": list(spec.mean), "std": list(spec.std), "pad_value": spec.pad_value},
-        "output": {"activation": activation},
-        "positive_label": positive_label, "threshold": threshold,
-        "provenance": {"source_model": path.name, **dict(provenance or {})},
-    }, "export_keras")
-    decoded = load_images(images, spec)
-
-    def keras_probs(batch: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return model(torch.from_numpy(batch), training=False).detach().cpu().numpy().astype(np.float64)
-
-    # The source's own probabilities, with its own activation, before the head is changed.
-    source_probs = _label_order(keras_probs(preprocess.apply_batch(decoded, spec)), manifest)
-    head.activation = keras.activations.linear
-    model.eval()
-    example = torch.from_numpy(preprocess.apply_batch(decoded[:2], spec))
-    with tempfile.TemporaryDirectory(prefix="edgedx-export-") as tmp:
-        raw = Path(tmp) / "model.onnx"
-        _export_legacy(model, example, raw, opset, dynamic_batch=True)
-        info = {"from": f"keras {path.suffix.lstrip('.')}", "exporter": f"keras {keras.__version__} (torch backend), torch {torch.__version__} torchscript"}
-        return finish_export(raw, output, manifest, decoded, None, info, opset=opset, simplify=simplify,
-                             tolerance=tolerance, source_probs=source_probs)
-
-
-def _keras_head(model: Any) -> tuple[Any, str]:
-    """The last layer and its activation name, refusing heads edgedx cannot score."""
-    head = model.layers[-1]
-    fn = getattr(head, "activation", None)
-    name = getattr(fn, "__name__", None) if fn is not None else None
-    if name not in ("softmax", "sigmoid"):
-        raise ModelError(f"the last layer {head.name} ({type(head).__name__}) has activation {name!r}; "
-                         "edgedx exports Keras models whose last layer ends in softmax or sigmoid")
-    units = int(model.outputs[0].shape[-1])
-    if name == "softmax" and units == 1:
-        raise ModelError(f"the last layer {head.name} is Dense(1, activation='softmax'): softmax over one value is always 1.0, "
-                         "so this model predicts the same class for every image. Retrain with Dense(1, activation='sigmoid') "
-                         "(binary) or Dense(2, activation='softmax')")
-    return head, name
-
-
-def _label_order(probs: np.ndarray, manifest: Manifest) -> np.ndarray:
-    """Source probabilities (N, K) -> (N, len(labels)) as edgedx reports them (one-unit sigmoid: two columns)."""
-    if probs.shape[1] == 1 and len(manifest.labels) == 2:
-        pos = manifest.positive_index if manifest.positive_index is not None else 1
-        out = np.empty((len(probs), 2))
-        out[:, pos], out[:, 1 - pos] = probs[:, 0], 1.0 - probs[:, 0]
-        return out
-    return probs
 
 
 # -- shared: finish, embed, check, compare -------------------------------------------------------

@@ -21,7 +21,8 @@ from edgedx.api import Classifier  # noqa: E402
 from edgedx.errors import BackendUnavailable, ModelError, UsageError  # noqa: E402
 from export import cli  # noqa: E402
 from export.models import ResNet, ScreeningCNN  # noqa: E402
-from export.to_onnx import ExportMismatch, export_keras, export_torch  # noqa: E402
+from export.from_keras import export_keras  # noqa: E402
+from export.to_onnx import ExportMismatch, export_torch  # noqa: E402
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"),  # keras
