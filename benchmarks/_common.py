@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from edgedx.backends.base import cpu_count
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
 DEFAULT_IMAGES = DATA / "chest_xray_kermany_224" / "train"
@@ -42,13 +44,6 @@ FLAGS_OF_INTEREST = (
 def log(msg: str) -> None:
     """Progress goes to stderr; stdout carries only the result table."""
     print(msg, file=sys.stderr, flush=True)
-
-
-def usable_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def select_files(images: Path, count: int) -> list[Path]:
@@ -117,7 +112,7 @@ def machine_info() -> dict[str, Any]:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "cpu": model,
         "logical_cpus": os.cpu_count(),
-        "usable_cores": usable_cores(),
+        "usable_cores": cpu_count(),
         "flags": {f: f in flags for f in FLAGS_OF_INTEREST},
         "platform": platform.platform(),
         "python": platform.python_version(),

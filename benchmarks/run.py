@@ -36,6 +36,7 @@ import numpy as np
 
 from benchmarks import _common as C
 from benchmarks import _report as R
+from edgedx.backends.base import cpu_count
 from edgedx.bench import BenchResult, bench_files, bench_model, first_image, summarize_ms
 
 BUNDLED = C.ROOT / "edgedx" / "models"
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     files = C.select_files(args.images, args.files or (64 if args.quick else 256))
     cfg = Config(
         files=files,
-        threads=args.threads or C.usable_cores(),
+        threads=args.threads or cpu_count(),
         duration_s=args.duration or (0.5 if args.quick else 3.0),
         warmup=3 if args.quick else 10,
         batches=tuple(int(b) for b in args.batch_sizes.split(",")),

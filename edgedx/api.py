@@ -20,11 +20,12 @@ from typing import Any, Iterable, Iterator, Union
 
 import numpy as np
 
-from edgedx import bundled, decode, gate, manifest as manifest_mod, postprocess, preprocess
+from edgedx import bundled, decode, gate, postprocess, preprocess
+from edgedx import manifest as manifest_mod
 from edgedx.audit import AuditLog
 from edgedx.backends import Session, SessionOptions, open_session, resolve_backend
 from edgedx.backends.base import cpu_count
-from edgedx.errors import EdgedxError, ModelError, UsageError
+from edgedx.errors import EdgedxError, ModelError, UsageError, file_sha256
 from edgedx.manifest import Manifest
 
 log = logging.getLogger("edgedx")
@@ -376,15 +377,9 @@ class Classifier:
         path = str(source)
         sha = None
         try:
-            if self._audit is not None:
-                data = decode.read_file(path)
-                sha = hashlib.sha256(data).hexdigest()
-                frames = decode.decode_bytes(data, self.decode_options)
-            else:
-                frames = decode.decode_file(path, self.decode_options)
-        except OSError as exc:
-            yield _Item(index, path, error=f"cannot read {path}: {exc.strerror or exc}"), None, None
-            return
+            data = decode.read_file(path)  # regular files only; one read serves the hash and the decoder
+            sha = hashlib.sha256(data).hexdigest() if self._audit is not None else None
+            frames = decode.decode_bytes(data, self.decode_options)
         except EdgedxError as exc:
             yield _Item(index, path, error=str(exc), sha256=sha), None, None
             return
@@ -429,14 +424,6 @@ def _check_input(m: Manifest, session: Session) -> None:
             f"manifest input {m.preprocess.layout.value} {expected[1:]} does not match the model's input "
             f"{session.inputs[0].name} {shape}"
         )
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:

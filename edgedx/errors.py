@@ -10,6 +10,9 @@ Exit codes (see README.md):
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 EXIT_OK = 0
 EXIT_INPUT_FAILED = 1
 EXIT_USAGE = 2
@@ -51,3 +54,18 @@ class BackendError(EdgedxError):
     """The backend failed while running a batch; that batch's inputs get error records."""
 
     exit_code = EXIT_INPUT_FAILED
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (third-party errors can span pages), or its type."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """The hex sha256 of a file, read in chunks. Raises OSError."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -15,10 +15,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from edgedx import preprocess
-from edgedx.errors import BackendUnavailable, ModelError, UsageError
+from edgedx.errors import BackendUnavailable, ModelError, UsageError, first_line
 from edgedx.manifest import Manifest, from_dict
 from edgedx.preprocess import PreprocessSpec
-from export.to_onnx import ImageSource, Tolerance, _export_legacy, _first_line, finish_export, load_images, require
+from export.to_onnx import ImageSource, Tolerance, _export_legacy, finish_export, load_images, require
 
 
 def export_keras(
@@ -62,7 +62,7 @@ def export_keras(
     try:
         model = keras.models.load_model(str(path), compile=False)
     except Exception as exc:
-        raise ModelError(f"Keras cannot load {path}: {_first_line(exc)}") from None
+        raise ModelError(f"Keras cannot load {path}: {first_line(exc)}") from None
     head, activation = _keras_head(model)
     width = int(model.outputs[0].shape[-1])
     labels = list(labels)

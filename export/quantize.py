@@ -33,7 +33,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edgedx import decode, manifest as manifest_mod, preprocess
+from edgedx import decode, preprocess
+from edgedx import manifest as manifest_mod
 from edgedx.errors import InputError, ModelError, UsageError
 from edgedx.evaluate import Gate, GateFailed
 from edgedx.manifest import Manifest

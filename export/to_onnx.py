@@ -37,7 +37,7 @@ from typing import Any, Callable, Mapping, Sequence, Union
 import numpy as np
 
 from edgedx import decode, postprocess, preprocess
-from edgedx.errors import BackendUnavailable, ModelError, UsageError
+from edgedx.errors import BackendUnavailable, ModelError, UsageError, first_line
 from edgedx.manifest import METADATA_KEY, Manifest
 from edgedx.preprocess import PreprocessSpec
 
@@ -97,7 +97,7 @@ def load_torch_source(source: Any, architecture: str | None = None, arch_kwargs:
             return torch.jit.load(str(path), map_location="cpu"), "torchscript"
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except (RuntimeError, ValueError, OSError, zipfile.BadZipFile) as exc:
-        raise ModelError(f"cannot load {path} (state dict, TorchScript or .pt2 ExportedProgram): {_first_line(exc)}") from None
+        raise ModelError(f"cannot load {path} (state dict, TorchScript or .pt2 ExportedProgram): {first_line(exc)}") from None
     except Exception as exc:  # weights_only refuses pickled code with UnpicklingError
         raise ModelError(f"cannot load {path} with weights_only=True ({type(exc).__name__}); "
                          "save a state dict (model.state_dict()), TorchScript or torch.export archive") from None
@@ -114,7 +114,7 @@ def load_torch_source(source: Any, architecture: str | None = None, arch_kwargs:
     try:
         module.load_state_dict(state)
     except RuntimeError as exc:
-        raise ModelError(f"{path.name} does not fit {architecture}({dict(arch_kwargs or {})}): {_first_line(exc)}") from None
+        raise ModelError(f"{path.name} does not fit {architecture}({dict(arch_kwargs or {})}): {first_line(exc)}") from None
     return module, "state_dict"
 
 
@@ -200,7 +200,7 @@ def _export_legacy(model: Any, example: Any, path: Path, opset: int, dynamic_bat
             torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                               opset_version=opset, dynamic_axes=axes, do_constant_folding=True, dynamo=False)
     except Exception as exc:
-        raise ModelError(f"torch.onnx.export failed: {_first_line(exc)}") from exc
+        raise ModelError(f"torch.onnx.export failed: {first_line(exc)}") from exc
 
 
 def _export_program(program: Any, example: Any, path: Path, opset: int) -> int:
@@ -217,7 +217,7 @@ def _export_program(program: Any, example: Any, path: Path, opset: int) -> int:
                                              opset_version=opset, dynamo=True)
             onnx_program.save(str(path))
     except Exception as exc:
-        raise ModelError(f"torch.onnx.export (dynamo) failed on the ExportedProgram: {_first_line(exc)}") from exc
+        raise ModelError(f"torch.onnx.export (dynamo) failed on the ExportedProgram: {first_line(exc)}") from exc
     onnx = require("onnx")
     model = onnx.load(str(path))
     for value in (*model.graph.input, *model.graph.output):  # dynamo names the batch axis s0, s77, ...
@@ -287,7 +287,7 @@ def save_with_manifest(model: Any, output: str | Path, manifest: Manifest) -> No
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise ModelError(f"the exported model fails onnx.checker: {_first_line(exc)}") from None
+        raise ModelError(f"the exported model fails onnx.checker: {first_line(exc)}") from None
     if model.ByteSize() >= 2**31:
         raise ModelError("the model is over 2 GB, the limit of a self-contained ONNX file")
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -380,7 +380,3 @@ def _zip_entries(path: Path) -> list[str]:
     except (zipfile.BadZipFile, OSError):
         return []
 
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

@@ -10,7 +10,7 @@ import onnxruntime as ort
 
 from edgedx import onnxfile
 from edgedx.backends.base import Session, TensorSpec, cpu_count
-from edgedx.errors import BackendUnavailable, ModelError
+from edgedx.errors import BackendUnavailable, ModelError, first_line
 
 log = logging.getLogger("edgedx")
 
@@ -51,7 +51,7 @@ class OnnxRuntimeSession(Session):
         try:
             self._sess = ort.InferenceSession(str(self.model_path), sess_options=opts, providers=requested)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NoSuchFile types
-            raise ModelError(f"ONNX Runtime cannot load {self.model_path}: {_first_line(exc)}") from None
+            raise ModelError(f"ONNX Runtime cannot load {self.model_path}: {first_line(exc)}") from None
         # ORT silently drops a GPU provider whose libraries are missing: report what really runs.
         self.providers = self._sess.get_providers()
         dropped = [p for p in requested if p not in self.providers]
@@ -88,7 +88,3 @@ def _spec(arg: Any) -> TensorSpec:
     shape = tuple(d if isinstance(d, int) else None for d in arg.shape)
     return TensorSpec(arg.name, shape, _DTYPES.get(arg.type, arg.type))
 
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

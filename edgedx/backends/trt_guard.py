@@ -9,7 +9,6 @@ GPU. :class:`EngineGuardError` carries ``fallback_onnx`` for ``backend="auto"``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgedx.errors import ModelError
+from edgedx.errors import ModelError, file_sha256
 
 #: Hardware-compatible engines (AMPERE_PLUS) run on compute capability 8.0 and newer.
 HARDWARE_COMPATIBLE_MIN_MAJOR = 8
@@ -110,14 +109,10 @@ def fallback_onnx(engine_path: Path, sidecar: Mapping[str, Any] | None) -> Path 
 
 def sha256_file(path: Path) -> str:
     """The hex sha256 of ``path`` (the engine plan, or the ONNX it was built from)."""
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
+        return file_sha256(path)
     except OSError as exc:
         raise ModelError(f"cannot read engine {path}: {exc.strerror or exc}") from None
-    return digest.hexdigest()
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
