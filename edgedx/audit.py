@@ -14,16 +14,16 @@ from pathlib import Path
 from typing import IO, Any
 
 from edgedx.manifest import Manifest
+from edgedx.results import Result
+from edgedx.version import __version__
 
 
 def library_versions(backend_detail: dict[str, Any]) -> dict[str, str]:
     import cv2
     import numpy
 
-    import edgedx
-
-    out = {"edgedx": edgedx.__version__, "numpy": numpy.__version__, "opencv": cv2.__version__}
-    for key in ("onnxruntime", "tensorrt"):
+    out = {"edgedx": __version__, "numpy": numpy.__version__, "opencv": cv2.__version__}
+    for key in ("onnxruntime", "tensorrt", "openvino"):
         if key in backend_detail:
             out[key] = str(backend_detail[key])
     return out
@@ -43,7 +43,7 @@ class AuditLog:
             "versions": library_versions(backend_detail),
         }
 
-    def write(self, result: Any, input_sha256: str | None) -> None:
+    def write(self, result: Result, input_sha256: str | None) -> None:
         record = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z",
             "path": result.path,
@@ -53,6 +53,7 @@ class AuditLog:
             "model": result.model,
             "backend_ran": result.backend,
             "backend_note": result.backend_note,
+            "precision_ran": result.precision,
             "status": result.status,
             "reason": result.reason,
             "error": result.error,

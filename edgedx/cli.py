@@ -15,6 +15,7 @@ from typing import List, Optional
 
 import typer
 
+from edgedx.console import Backend, export_package, log_to_stderr
 from edgedx.errors import EXIT_INPUT_FAILED, EXIT_OK, EdgedxError, UsageError
 
 app = typer.Typer(
@@ -26,12 +27,6 @@ app = typer.Typer(
 log = logging.getLogger("edgedx")
 
 
-class Backend(str, Enum):
-    auto = "auto"
-    onnxruntime = "onnxruntime"
-    tensorrt = "tensorrt"
-
-
 class Format(str, Enum):
     table = "table"
     json = "json"
@@ -39,7 +34,7 @@ class Format(str, Enum):
 
 
 ModelOpt = typer.Option(None, "--model", "-m", help="ONNX model or TensorRT engine (default: the bundled screening model).")
-BackendOpt = typer.Option(Backend.auto, "--backend", "-b", help="auto picks TensorRT for .engine/.plan/.trt files, ONNX Runtime otherwise.")
+BackendOpt = typer.Option(Backend.auto, "--backend", "-b", help="auto picks TensorRT for .engine/.plan/.trt files, ONNX Runtime otherwise; openvino runs ONNX files on OpenVINO.")
 
 
 def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
@@ -255,29 +250,24 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
         print(f"{mark} {r['name']:32} {r['precision'] or '?':5} {r['input'] or '?':16} {', '.join(r['labels'] or [])}")
 
 
-def _mount_export() -> None:
-    """``edgedx export ...`` and ``edgedx eval`` live in export/cli.py (heavy imports inside commands)."""
-    try:
-        from export import cli as export_cli
-    except ImportError:  # a runtime-only install without the export package
+_mounted = False
+
+
+def mount_export() -> None:
+    """Register ``edgedx export ...`` and ``edgedx eval`` (export/cli.py; heavy imports inside commands), once.
+
+    The export stage is imported from its install location, never from a user's ``export.py``.
+    """
+    global _mounted
+    if _mounted or export_package() is None:  # a runtime-only install has no export stage
         return
+    from export import cli as export_cli
     from export.engine_cli import engine_command
 
     export_cli.app.command("engine")(engine_command)
     app.add_typer(export_cli.app, name="export", help="Workstation side: ONNX export, quantization, engines, verification.")
     app.command("eval")(export_cli.eval_command)
-
-
-def log_to_stderr(quiet: bool = False) -> None:
-    """Warnings of the ``edgedx`` logger to the current stderr (never stdout), once per run."""
-    for handler in [h for h in log.handlers if getattr(h, "_edgedx_cli", False)]:
-        log.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("edgedx: %(levelname)s: %(message)s"))
-    handler._edgedx_cli = True  # type: ignore[attr-defined]
-    log.addHandler(handler)
-    log.setLevel(logging.ERROR if quiet else logging.WARNING)
-    log.propagate = False
+    _mounted = True
 
 
 class _stop_on_sigterm:
@@ -347,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    _mount_export()
+    mount_export()
     try:
         # Without standalone mode, typer returns a command's Exit code instead of raising it.
         code = app(args=argv, prog_name="edgedx", standalone_mode=False)

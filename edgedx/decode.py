@@ -14,21 +14,19 @@ Every failure is an :class:`InputError` with a one-line message.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import stat
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from edgedx.errors import InputError, UsageError
-
-DEFAULT_MAX_PIXELS = 100_000_000
+from edgedx.codestream import JPEG_SOF, MAX_JPEG_SCANS, check_jpeg_scans, check_pixels, jpeg_sof_offset, printable  # noqa: F401
+from edgedx.decoded import DEFAULT_MAX_PIXELS, Decoded, DecodeOptions, SourceInfo  # noqa: F401  (public here too)
+from edgedx.errors import InputError
 
 #: File extensions a directory walk picks up without looking inside.
 EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"})
@@ -49,79 +47,6 @@ _DICOM_VRS = frozenset(
     b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV".split()
 )
 _DICOM_LONG_VRS = frozenset(b"OB OD OF OL OV SQ SV UC UN UR UT UV".split())
-
-
-@dataclass(frozen=True)
-class SourceInfo:
-    """What the file was; never patient data."""
-
-    format: str
-    width: int
-    height: int
-    channels: int
-    bit_depth: int
-    frame: int | None = None
-    frames: int = 1
-    photometric: str | None = None
-    modality: str | None = None
-    transfer_syntax: str | None = None
-    #: DCT scaling denominator of a reduced JPEG decode (``DecodeOptions.target_size``): the image is
-    #: about ``width / reduced`` x ``height / reduced``; 1 for a full decode.
-    reduced: int = 1
-
-
-@dataclass(frozen=True)
-class DecodeOptions:
-    """Args:
-    window: DICOM window (center, width) overriding the file's VOI; width must be > 0.
-    all_frames: decode every frame of a multi-frame DICOM, not only the first.
-    max_pixels: refuse images with more pixels than this (decompression bombs); for DICOM, the
-        pixels of every frame that would be decoded.
-    target_size: (width, height) of the model input the image will be resized to. A JPEG at least
-        6x larger on both sides is then decoded at 1/2, 1/4 or 1/8 scale by libjpeg's DCT scaling,
-        never below :data:`REDUCED_MARGIN` times the target (see :func:`reduction`); other
-        formats are unaffected. ``SourceInfo.reduced`` says which scale was used.
-    target_channels: channels of the model input. 1 decodes 8-bit JPEGs straight to gray (the
-        luma plane, no RGB round trip); the decoded image is then 2-D while ``SourceInfo.channels``
-        still says what the file holds.
-
-    Raises:
-        UsageError: a window that is not two finite numbers with width > 0, max_pixels < 1, a
-            target_size that is not two positive integers, or target_channels not 1 or 3.
-    """
-
-    window: tuple[float, float] | None = None
-    all_frames: bool = False
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    target_size: tuple[int, int] | None = None
-    target_channels: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.window is not None:
-            if len(self.window) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in self.window):
-                raise UsageError(f"window must be two finite numbers (center, width), got {self.window!r}")
-            if self.window[1] <= 0:
-                raise UsageError(f"window width must be > 0, got {self.window[1]}")
-        if not _positive_int(self.max_pixels):
-            raise UsageError(f"max_pixels must be a positive integer, got {self.max_pixels!r}")
-        if self.target_size is not None and not (
-            isinstance(self.target_size, tuple)
-            and len(self.target_size) == 2
-            and all(map(_positive_int, self.target_size))
-        ):
-            raise UsageError(f"target_size must be (width, height), two positive integers, got {self.target_size!r}")
-        if self.target_channels not in (None, 1, 3) or isinstance(self.target_channels, bool):
-            raise UsageError(f"target_channels must be 1, 3 or None, got {self.target_channels!r}")
-
-
-def _positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-@dataclass(frozen=True)
-class Decoded:
-    image: np.ndarray
-    info: SourceInfo
 
 
 def sniff(head: bytes) -> str | None:
@@ -225,40 +150,6 @@ def decode_bytes(data: bytes, options: DecodeOptions = DecodeOptions()) -> list[
         raise InputError(f"cannot decode {fmt.upper()}: {_reason(exc)}") from None
 
 
-def check_pixels(width: int, height: int, max_pixels: int, what: str = "image", frames: int = 1) -> None:
-    """Refuse a declared size that is empty or exceeds ``max_pixels`` (before decoding anything).
-
-    Raises:
-        InputError: with both numbers, so the user knows what to raise the limit to.
-    """
-    size = f"{width}x{height}" + (f"x{frames} frames" if frames > 1 else "")
-    if width <= 0 or height <= 0 or frames <= 0:
-        raise InputError(f"malformed {what}: header declares {size} pixels")
-    if width * height * frames > max_pixels:
-        raise InputError(
-            f"{what} too large: {size} = {width * height * frames:,} pixels exceeds the limit of "
-            f"{max_pixels:,} (DecodeOptions.max_pixels)"
-        )
-
-
-#: Scans a JPEG may have. libjpeg makes up to 10 for a progressive color image; each scan is a pass
-#: over the whole image, so a 94 kB file repeating a refinement scan 1,000 times over 4000x4000
-#: pixels took 6.6 s to decode (a decoding-time bomb the pixel limit does not catch).
-MAX_JPEG_SCANS = 100
-
-
-def check_jpeg_scans(data: bytes | memoryview, what: str = "JPEG") -> None:
-    """Refuse a JPEG stream with more than :data:`MAX_JPEG_SCANS` scans (SOS markers).
-
-    Counted from the first SOS: entropy-coded data never holds FF DA (an FF there is followed by 00
-    or a restart marker), and an EXIF thumbnail's own scans come before it.
-    """
-    data = bytes(data)
-    scans = data.count(b"\xff\xda", max(data.find(b"\xff\xda"), 0))
-    if scans > MAX_JPEG_SCANS:
-        raise InputError(f"{what} has {scans:,} scans, more than {MAX_JPEG_SCANS} (a decoding-time bomb, or corrupt)")
-
-
 #: DCT scaling denominators libjpeg offers through OpenCV, largest first, with their imread flags
 #: (gray, color). REDUCED_COLOR gives BGR, like IMREAD_COLOR; both apply the EXIF orientation.
 _REDUCED_FLAGS = {
@@ -343,7 +234,7 @@ def _decode_jpeg(buf: np.ndarray, width: int, height: int, kind: str, options: D
 def _jpeg_12bit(data: bytes) -> bool:
     """Whether the JPEG's frame header declares 12-bit (or 16-bit) samples; decoded the generic way."""
     try:
-        pos = _jpeg_sof_offset(data)
+        pos = jpeg_sof_offset(data)
     except (IndexError, struct.error, InputError):
         return False
     return data[pos + 4] != 8
@@ -391,32 +282,10 @@ def _png_chunks_fit(data: bytes) -> None:
         pos += 12 + length
 
 
-_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # not DHT, JPG, DAC
-
-
 def _jpeg_header(data: bytes) -> tuple[int, int, str]:
-    pos = _jpeg_sof_offset(data)
+    pos = jpeg_sof_offset(data)
     height, width, components = struct.unpack_from(">HHB", data, pos + 5)
     return width, height, "gray" if components == 1 else "color"
-
-
-def _jpeg_sof_offset(data: bytes, sof: frozenset[int] = _JPEG_SOF) -> int:
-    """Offset of the first frame header (SOFn marker) of a JPEG stream starting with SOI."""
-    pos = 2
-    while True:
-        if data[pos] != 0xFF:
-            raise InputError("malformed JPEG: bad marker")
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
-            pos += 2
-        elif marker in (0xD9, 0xDA):
-            raise InputError("malformed JPEG: no frame header before the image data")
-        elif marker in sof:
-            return pos
-        else:
-            pos += 2 + struct.unpack_from(">H", data, pos + 2)[0]
 
 
 def _bmp_header(data: bytes) -> tuple[int, int, str]:
@@ -479,15 +348,6 @@ def _bare_dicom(head: bytes) -> bool:
             return False
         pos, last = pos + header + length, tag
     return last >= 0
-
-
-def printable(text: object, limit: int = 200) -> str:
-    """``text`` fit for a one-line message: control characters (newlines, terminal escapes) that a
-    hostile file could put in a value are escaped, and the result is cut to ``limit`` characters."""
-    out = str(text)
-    if not out.isprintable():
-        out = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in out)
-    return out if len(out) <= limit else out[: limit - 3] + "..."
 
 
 def _reason(exc: BaseException) -> str:

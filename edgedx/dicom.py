@@ -23,15 +23,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgedx.decode import (
-    Decoded,
-    DecodeOptions,
-    SourceInfo,
-    _jpeg_sof_offset,
-    check_jpeg_scans,
-    check_pixels,
-    printable,
-)
+from edgedx.codestream import check_jpeg_scans, check_pixels, jpeg_sof_offset, printable
+from edgedx.decoded import Decoded, DecodeOptions, SourceInfo
 from edgedx.errors import InputError
 
 if TYPE_CHECKING:
@@ -191,7 +184,7 @@ def _codestream_size(frame: bytes) -> tuple[int, int, int] | None:
     """(width, height, components) from a JPEG/JPEG-LS frame header or a JPEG 2000 SIZ segment."""
     try:
         if frame[:2] == b"\xff\xd8":
-            pos = _jpeg_sof_offset(frame, _FRAME_SOF)
+            pos = jpeg_sof_offset(frame, _FRAME_SOF)
             height, width, components = struct.unpack_from(">HHB", frame, pos + 5)
             return width, height, components
         pos = frame.find(b"\xff\x4f\xff\x51", 0, 4096)  # J2K SOC + SIZ, bare or inside a JP2 box

@@ -21,9 +21,15 @@ EXIT_BAD_MODEL = 4
 
 
 class EdgedxError(Exception):
-    """Base of every error edgedx raises on purpose; its message is one line for the user."""
+    """Base of every error edgedx raises on purpose; its message is one line for the user.
+
+    ``fallback_onnx``: set by a backend that refused a model it could not open here (a TensorRT
+    engine) when another file would do the same job (the engine's source ONNX); only
+    ``backend="auto"`` acts on it, and every result then says so.
+    """
 
     exit_code: int = EXIT_INPUT_FAILED
+    fallback_onnx: Path | None = None
 
 
 class InputError(EdgedxError):

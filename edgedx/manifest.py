@@ -201,10 +201,14 @@ def sidecar_path(model_path: str | Path) -> Path:
     return model_path.with_name(model_path.name + ".json")
 
 
-def load(model_path: str | Path) -> Manifest | None:
+def load(model_path: str | Path, metadata: Mapping[str, str] | None = None) -> Manifest | None:
     """The manifest of the model at ``model_path``, or None when it carries none.
 
     ONNX files carry it in their metadata; other files (TensorRT engines) in a sidecar.
+
+    Args:
+        metadata: the ONNX file's metadata when the caller already read it (a backend at open),
+            so the file is not read twice.
 
     Raises:
         ModelError: the manifest exists but is invalid, or the model cannot be read.
@@ -213,10 +217,10 @@ def load(model_path: str | Path) -> Manifest | None:
     sidecar = sidecar_path(model_path)
     if sidecar.exists():
         return from_json(_read_text(sidecar), str(sidecar))
-    if _looks_like_onnx(model_path):
+    if metadata is not None or _looks_like_onnx(model_path):
         from edgedx import onnxfile
 
-        text = onnxfile.read_metadata(model_path).get(METADATA_KEY)
+        text = (onnxfile.read_metadata(model_path) if metadata is None else metadata).get(METADATA_KEY)
         return None if text is None else from_json(text, str(model_path))
     return None
 

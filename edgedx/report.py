@@ -6,7 +6,7 @@ import csv
 import json
 from typing import IO, Any, Protocol
 
-from edgedx.api import Result
+from edgedx.results import Result
 
 FORMATS = ("table", "json", "csv")
 

@@ -17,7 +17,7 @@ from typing import Any, List, Optional
 
 import typer
 
-from edgedx.cli import Backend, log_to_stderr
+from edgedx.console import Backend, log_to_stderr
 from edgedx.errors import EXIT_INPUT_FAILED, UsageError
 from export.options import Method, Target
 

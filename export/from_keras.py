@@ -18,7 +18,7 @@ from edgedx import preprocess
 from edgedx.errors import BackendUnavailable, ModelError, UsageError, first_line
 from edgedx.manifest import Manifest, from_dict
 from edgedx.preprocess import PreprocessSpec
-from export.to_onnx import ImageSource, Tolerance, _export_legacy, finish_export, load_images, require
+from export.to_onnx import ImageSource, Tolerance, export_legacy, finish_export, load_images, require
 
 
 def export_keras(
@@ -101,7 +101,7 @@ def export_keras(
     example = torch.from_numpy(preprocess.apply_batch(decoded[:2], spec))
     with tempfile.TemporaryDirectory(prefix="edgedx-export-") as tmp:
         raw = Path(tmp) / "model.onnx"
-        _export_legacy(model, example, raw, opset, dynamic_batch=True)
+        export_legacy(model, example, raw, opset, dynamic_batch=True)
         info = {"from": f"keras {path.suffix.lstrip('.')}", "exporter": f"keras {keras.__version__} (torch backend), torch {torch.__version__} torchscript"}
         return finish_export(raw, output, manifest, decoded, None, info, opset=opset, simplify=simplify,
                              tolerance=tolerance, source_probs=source_probs)

@@ -170,7 +170,7 @@ def export_torch(
         if kind == "exported_program":
             opset = _export_program(model, example, raw, opset)
         else:
-            _export_legacy(model, example, raw, opset, dynamic_batch)
+            export_legacy(model, example, raw, opset, dynamic_batch)
         info = {"from": kind, "exporter": f"torch {torch.__version__}" + (" dynamo" if kind == "exported_program" else " torchscript")}
         return finish_export(raw, output, manifest, decoded, run_source, info, opset=opset, simplify=simplify, tolerance=tolerance,
                              source_batch=fixed_batch)
@@ -191,7 +191,9 @@ def _cycle(images: list[np.ndarray], n: int) -> list[np.ndarray]:
     return [images[i % len(images)] for i in range(n)]
 
 
-def _export_legacy(model: Any, example: Any, path: Path, opset: int, dynamic_batch: bool) -> None:
+def export_legacy(model: Any, example: Any, path: Path, opset: int, dynamic_batch: bool) -> None:
+    """Export ``model`` with the TorchScript-based exporter (``dynamo=False``), quietly; the input
+    and output names of every edgedx export. Used where ``torch.export`` cannot trace the model."""
     torch = require("torch")
     axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
     try:

@@ -115,3 +115,28 @@ def test_pixel_limit_is_configurable(capsys, model, xray_files):
     assert code == 1 and rec["status"] == "error" and "pixel" in rec["error"].lower()
     code, out, _ = run(capsys, "classify", xray_files[0], "-m", model, "--json", "--max-pixels", "60000")
     assert code == 0 and json.loads(out)["status"] == "ok"
+
+
+def test_export_commands_are_registered_once(capsys):
+    from edgedx import cli
+
+    for _ in range(3):
+        assert run(capsys, "models", "--json")[0] == 0
+    names = [g.name for g in cli.app.registered_groups]
+    assert names.count("export") == 1
+    assert [c.name for c in cli.app.registered_commands].count("eval") == 1
+
+
+def test_a_users_export_py_does_not_hide_the_export_stage(tmp_path):
+    import os
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    marker = tmp_path / "imported"
+    (tmp_path / "export.py").write_text(f"open({str(marker)!r}, 'w').write('user export.py ran')\n")
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    r = subprocess.run([sys.executable, "-m", "edgedx", "export", "--help"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "onnx" in r.stdout and "quantize" in r.stdout  # the real stage's subcommands
+    assert not marker.exists()
+    assert sys.path[0] != str(tmp_path)  # (the test itself did not import it either)

@@ -6,13 +6,17 @@ import importlib
 import importlib.util
 import os
 from abc import ABC, abstractmethod
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from edgedx.errors import BackendError, BackendUnavailable, UsageError
+
+if TYPE_CHECKING:
+    from edgedx.manifest import Manifest
 
 ENGINE_SUFFIXES = frozenset({".engine", ".plan", ".trt"})
 
@@ -83,16 +87,25 @@ def cpu_count() -> int:
 class Session(ABC):
     """A loaded model, ready to run batches. Use as a context manager or call :meth:`close`.
 
-    Subclasses implement ``_open``, ``_run`` and ``_close``; the public methods check state and
-    inputs once, here.
+    The protocol every caller relies on, whatever the backend:
+
+    - ``inputs`` / ``outputs``: the model's tensors; ``manifest``: the model's contract as the
+      backend read it at open (None when the model carries none);
+    - ``slots``: how many batches may be in flight at once (1: :meth:`submit` runs the batch
+      before it returns; 2: TensorRT's double buffering);
+    - :meth:`input_buffer`, :meth:`submit`, :meth:`wait`, and :meth:`run` (= submit + wait).
+
+    A pipeline fills ``input_buffer(n)``, submits it, and waits when ``slots`` batches are in
+    flight; the same loop serves every backend. Subclasses implement ``_open`` and ``_run`` (a
+    one-slot backend) or ``_input_buffer``/``_submit``/``_wait`` (a backend with its own slots), and
+    optionally ``_close``; the public methods check state and inputs once, here.
     """
 
     name: ClassVar[str]
     #: True when ``run`` returns a view of a buffer that the next ``run`` overwrites.
     reuses_output_buffers: ClassVar[bool] = False
-    #: True when the session also offers ``submit(batch)`` / ``wait()`` with two batches in flight,
-    #: so the host can fill the next batch while the device runs the previous one.
-    overlapped: ClassVar[bool] = False
+    #: Batches that may be in flight: ``submit`` may be called this many times before ``wait``.
+    slots: ClassVar[int] = 1
 
     def __init__(self, model_path: str | Path, options: SessionOptions | None = None) -> None:
         self.model_path = Path(model_path)
@@ -100,6 +113,11 @@ class Session(ABC):
         self._closed = True
         self.inputs: list[TensorSpec] = []
         self.outputs: list[TensorSpec] = []
+        #: The model's contract as read at open (ONNX metadata or the engine's sidecar); None when absent.
+        self.manifest: Manifest | None = None
+        self._in_flight = 0
+        self._buffer: np.ndarray | None = None
+        self._outputs: deque[np.ndarray] = deque()
         self._open()
         self._closed = False
 
@@ -107,6 +125,17 @@ class Session(ABC):
     def max_batch_size(self) -> int | None:
         """The largest batch this session accepts; None when unbounded."""
         return None
+
+    @property
+    def pending(self) -> int:
+        """Batches submitted and not yet waited for (at most ``slots``)."""
+        return self._in_flight
+
+    @property
+    def precision(self) -> str | None:
+        """The precision inference runs in when the backend chooses one (``describe()["precision"]``)."""
+        value = self.describe().get("precision")
+        return None if value is None else str(value)
 
     def last_timings(self) -> dict[str, float]:
         """Milliseconds per stage of the last ``run`` that the backend measured itself
@@ -118,33 +147,83 @@ class Session(ABC):
         return {"backend": self.name}
 
     def input_buffer(self, batch_size: int) -> np.ndarray:
-        """A float32 buffer to preprocess ``batch_size`` images into; TensorRT hands out pinned memory."""
-        shape = [batch_size, *(d if isinstance(d, int) else 1 for d in self.inputs[0].shape[1:])]
-        return np.empty(shape, np.float32)
+        """A float32 (N, ...) buffer to preprocess ``batch_size`` samples into, then :meth:`submit`.
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        """Run one batch (N, ...) and return the first output (N, K) as float32.
+        The buffer belongs to the session: it is valid until the next :meth:`submit` (whose batch
+        may be this buffer: then nothing is copied) and never after :meth:`close`. Ask again for
+        every batch; do not keep it. TensorRT hands out the free slot's pinned memory.
 
         Raises:
-            BackendError: the backend failed on this batch.
+            UsageError: the session is closed, the batch size is out of range, or every slot is busy.
         """
-        if self._closed:
-            raise UsageError(f"{self.name} session for {self.model_path.name} is closed")
+        self._check_open()
+        if batch_size < 1:
+            raise UsageError(f"batch size must be >= 1, got {batch_size}")
+        return self._input_buffer(batch_size)
+
+    def submit(self, batch: np.ndarray) -> None:
+        """Start one batch (N, ...); its output comes from :meth:`wait`, in submission order.
+
+        With one slot the batch runs before this returns; with more, it is queued and this returns
+        at once. At most ``slots`` batches may be pending.
+
+        Raises:
+            UsageError: closed session, wrong shape, or ``slots`` batches already pending.
+            BackendError: the backend failed on this batch (it is not pending then).
+        """
+        self._check_open()
         if batch.ndim != len(self.inputs[0].shape):
             raise UsageError(f"input must be {len(self.inputs[0].shape)}-D, got shape {batch.shape}")
-        limit = self.max_batch_size
-        if limit is not None and batch.shape[0] > limit:
-            raise UsageError(f"batch of {batch.shape[0]} exceeds this model's maximum batch {limit}")
+        if self._in_flight >= self.slots:
+            raise UsageError(f"{self._in_flight} batches already submitted: call wait() first")
         try:
-            return self._run(batch)
+            self._submit(batch)
         except (UsageError, BackendError):
             raise
         except Exception as exc:  # a backend's own exception types vary
             raise BackendError(f"{self.name} failed on a batch of {batch.shape[0]}: {exc}") from exc
+        self._in_flight += 1
+
+    def wait(self) -> np.ndarray:
+        """The oldest pending batch's first output (N, K) as a new float32 array.
+
+        Raises:
+            UsageError: closed session, or no batch pending.
+            BackendError: the backend failed on that batch (it is no longer pending).
+        """
+        self._check_open()
+        if self._in_flight == 0:
+            raise UsageError("no batch submitted: call submit() first")
+        try:
+            return self._wait()
+        except (UsageError, BackendError):
+            raise
+        except Exception as exc:
+            raise BackendError(f"{self.name} failed while finishing a batch: {exc}") from exc
+        finally:
+            self._in_flight -= 1
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Run one batch (N, ...) and return the first output (N, K) as float32: submit, then wait.
+
+        Raises:
+            UsageError: closed session, bad shape, too large a batch, or batches still pending.
+            BackendError: the backend failed on this batch.
+        """
+        self._check_open()
+        if self._in_flight:
+            raise UsageError("run() with submitted batches pending: wait() for them first")
+        self._check_limit(batch.shape[0] if batch.ndim else 0)
+        self.submit(batch)
+        return self.wait()
 
     def close(self) -> None:
+        """Release the model and every buffer handed out; later calls raise :class:`UsageError`."""
         if not self._closed:
             self._closed = True
+            self._buffer = None
+            self._outputs.clear()
+            self._in_flight = 0
             self._close()
 
     @property
@@ -157,15 +236,45 @@ class Session(ABC):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    @abstractmethod
-    def _open(self) -> None:
-        """Load the model, fill ``inputs``/``outputs``; raise ModelError or BackendUnavailable."""
+    # -- what a backend implements ----------------------------------------------------------
 
     @abstractmethod
-    def _run(self, batch: np.ndarray) -> np.ndarray: ...
+    def _open(self) -> None:
+        """Load the model, fill ``inputs``/``outputs`` and ``manifest``; raise ModelError or BackendUnavailable."""
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        """Run one batch synchronously (one-slot backends implement this)."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither _run nor _submit/_wait")
+
+    def _input_buffer(self, batch_size: int) -> np.ndarray:
+        """One-slot default: one float32 buffer, grown when a larger batch is asked for."""
+        self._check_limit(batch_size)
+        row = tuple(d if isinstance(d, int) else 1 for d in self.inputs[0].shape[1:])
+        if self._buffer is None or self._buffer.shape[0] < batch_size:
+            self._buffer = np.empty((batch_size, *row), np.float32)
+        return self._buffer[:batch_size]
+
+    def _submit(self, batch: np.ndarray) -> None:
+        """One-slot default: run now, keep the output for :meth:`_wait`."""
+        self._check_limit(batch.shape[0])
+        self._outputs.append(self._run(batch))
+
+    def _wait(self) -> np.ndarray:
+        return self._outputs.popleft()
 
     def _close(self) -> None:  # noqa: B027 - optional hook
         """Release resources."""
+
+    # -- checks ------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise UsageError(f"{self.name} session for {self.model_path.name} is closed")
+
+    def _check_limit(self, batch_size: int) -> None:
+        limit = self.max_batch_size
+        if limit is not None and batch_size > limit:
+            raise UsageError(f"batch of {batch_size} exceeds this model's maximum batch {limit}")
 
 
 def resolve_backend(model_path: str | Path, backend: str = "auto") -> str:

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from edgedx import manifest as manifest_mod
 from edgedx import onnxfile
 from edgedx.backends.base import Session, TensorSpec, cpu_count
 from edgedx.errors import BackendUnavailable, ModelError, first_line
@@ -26,7 +27,8 @@ class OnnxRuntimeSession(Session):
     reuses_output_buffers = False
 
     def _open(self) -> None:
-        onnxfile.read_metadata(self.model_path)  # a clear ModelError for files that are not ONNX
+        # A clear ModelError for files that are not ONNX; the manifest comes from the same read.
+        self.manifest = manifest_mod.load(self.model_path, onnxfile.read_metadata(self.model_path))
         onnxfile.check_external_data(self.model_path)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -77,7 +77,7 @@ class TensorRTSession(Session):
 
     name = "tensorrt"
     reuses_output_buffers = False
-    overlapped = True
+    slots = 2
 
     def _open(self) -> None:
         self._driver: Any = None
@@ -213,27 +213,23 @@ class TensorRTSession(Session):
         """Batches submitted and not yet waited for (0, 1 or 2)."""
         return self._ring.pending
 
-    def input_buffer(self, batch_size: int) -> np.ndarray:
+    def _input_buffer(self, batch_size: int) -> np.ndarray:
         """A float32 (N, ...) view to preprocess into: the free slot's pinned input memory itself
         when the engine takes float32 (``submit`` then copies nothing), else a staging buffer.
         Valid until the batch built in it is submitted; call ``submit`` before asking again."""
-        self._check_open()
         self._batch.check(batch_size)
         slot = self._slots[self._ring.free_slot()]
         return (slot.staging if slot.staging is not None else slot.host_in)[:batch_size]
 
-    def submit(self, batch: np.ndarray) -> None:
+    def _submit(self, batch: np.ndarray) -> None:
         """Queue one batch (H2D, inference, D2H) on the stream and return without waiting.
 
         At most two batches are in flight; ``wait()`` returns their outputs in submission order.
 
         Raises:
-            UsageError: closed session, wrong shape, batch outside the profile, or two pending.
+            UsageError: wrong shape, batch outside the profile, or two pending.
             BackendError: a CUDA or TensorRT call failed.
         """
-        self._check_open()
-        if batch.ndim != len(self.inputs[0].shape):
-            raise UsageError(f"input must be {len(self.inputs[0].shape)}-D, got shape {batch.shape}")
         n = batch.shape[0]
         self._batch.check(n)
         if batch.shape[1:] != self._in_row:
@@ -246,12 +242,11 @@ class TensorRTSession(Session):
         self._enqueue(slot, n)
         self._ring.submit()
 
-    def wait(self) -> np.ndarray:
+    def _wait(self) -> np.ndarray:
         """The oldest submitted batch's first output as a new float32 (N, ...) array.
 
         One event synchronize per batch; ``last_timings()`` then holds its stages.
         """
-        self._check_open()
         slot = self._slots[self._ring.complete()]
         cuda, (e0, e1, e2, e3) = self._driver, slot.events
         cuda.event_synchronize(e3)
@@ -290,20 +285,10 @@ class TensorRTSession(Session):
 
     # -- the Session template ----------------------------------------------------------------
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        if self._ring.pending:
-            raise UsageError("run() with submitted batches pending: wait() for them first")
-        self.submit(batch)
-        return self.wait()
-
     def _close(self) -> None:
         self._release()
 
     # -- internals ---------------------------------------------------------------------------
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise UsageError(f"{self.name} session for {self.model_path.name} is closed")
 
     def _enqueue(self, slot: _Slot, n: int) -> None:
         cuda, stream = self._driver, self._stream

@@ -1,0 +1,75 @@
+"""What edgedx's command line and the export stage's share: option enums, stderr logging, and
+loading the export stage itself.
+
+Kept free of heavy imports (numpy included): ``edgedx --help`` imports this module.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import sys
+from enum import Enum
+from pathlib import Path
+from types import ModuleType
+
+log = logging.getLogger("edgedx")
+
+#: The export stage ships beside this package (``export/`` at the top level of the distribution).
+EXPORT_INIT = Path(__file__).resolve().parent.parent / "export" / "__init__.py"
+
+
+class Backend(str, Enum):
+    """``--backend`` values: ``auto`` and every name in :data:`edgedx.backends.BACKENDS`."""
+
+    auto = "auto"
+    onnxruntime = "onnxruntime"
+    openvino = "openvino"
+    tensorrt = "tensorrt"
+
+
+def log_to_stderr(quiet: bool = False) -> None:
+    """Warnings of the ``edgedx`` logger to the current stderr (never stdout), once per run."""
+    for handler in [h for h in log.handlers if getattr(h, "_edgedx_cli", False)]:
+        log.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("edgedx: %(levelname)s: %(message)s"))
+    handler._edgedx_cli = True  # type: ignore[attr-defined]
+    log.addHandler(handler)
+    log.setLevel(logging.ERROR if quiet else logging.WARNING)
+    log.propagate = False
+
+
+def export_package(init: Path = EXPORT_INIT) -> ModuleType | None:
+    """The export stage installed with edgedx, imported as ``export`` from its own location.
+
+    The name ``export`` is common: under ``python -m edgedx`` the working directory comes first on
+    ``sys.path``, so a user's ``export.py`` there would otherwise stand in for the stage. This
+    imports the package from the file beside edgedx instead, and puts it (not the user's module)
+    under ``sys.modules["export"]``, so ``import export.cli`` afterwards finds the real submodules.
+
+    Returns:
+        The package, or None for a runtime-only install that has no export stage.
+    """
+    if not init.is_file():
+        return None
+    current = sys.modules.get("export")
+    if current is not None and _same_file(getattr(current, "__file__", None), init):
+        return current
+    for name in [n for n in sys.modules if n == "export" or n.startswith("export.")]:
+        del sys.modules[name]  # someone else's module of that name: not the stage
+    spec = importlib.util.spec_from_file_location("export", init, submodule_search_locations=[str(init.parent)])
+    if spec is None or spec.loader is None:  # pragma: no cover - a file that exists always has a spec
+        return None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["export"] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules["export"]
+        raise
+    return module
+
+
+def _same_file(path: str | None, init: Path) -> bool:
+    return path is not None and Path(path).resolve() == init

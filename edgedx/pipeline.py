@@ -1,0 +1,314 @@
+"""The batch pipeline: load ahead on worker threads, batch, run through the session, make records.
+
+    sources -> load_ahead (decode, gate, resize; ``workers`` threads, in order)
+            -> batches (``batch_size`` ready samples each; failed inputs ride along)
+            -> infer (normalize into ``session.input_buffer``, submit; wait when ``session.slots``
+               batches are in flight: one loop for every backend)
+            -> records (postprocess, one :class:`~edgedx.results.Result` per input, audit line)
+
+Where to hook in:
+- a per-input step before inference (a new check, a new rejection): :meth:`Pipeline.load`;
+- a per-record step or a new record field: :meth:`Pipeline.records` and :mod:`edgedx.results`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+
+from edgedx import decode, gate, postprocess, preprocess, results
+from edgedx.audit import AuditLog
+from edgedx.backends import Session
+from edgedx.errors import EdgedxError, UsageError
+from edgedx.manifest import Manifest
+from edgedx.results import Result, RunFacts
+
+Source = Union[str, Path, np.ndarray]
+
+
+@dataclass
+class Item:
+    """One input (one frame of a multi-frame DICOM) on its way through the pipeline."""
+
+    index: int
+    path: str | None
+    frame: int | None = None
+    error: str | None = None
+    rejected: gate.Rejection | None = None
+    sha256: str | None = None  # of the input file's bytes, for the audit trail
+    sample: np.ndarray | None = None  # resized pixels, until normalized into the batch buffer
+
+    @property
+    def ready(self) -> bool:
+        return self.sample is not None
+
+
+@dataclass
+class _Batch:
+    """A batch in the inference queue: its items in input order, and what became of it."""
+
+    items: list[Item]
+    submitted: bool = False
+    raw: np.ndarray | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """How a pipeline runs; the Classifier builds it from its arguments.
+
+    Args:
+        batch_size: samples per inference call (already capped at the session's maximum).
+        workers: load-ahead threads (0: everything in the caller's thread).
+        use_gate: abstain on inputs the manifest does not accept and on blank/saturated images.
+        threshold: overrides the manifest's operating threshold.
+        decode_options: what the decoder may skip or must refuse.
+    """
+
+    batch_size: int
+    workers: int
+    use_gate: bool = True
+    threshold: float | None = None
+    decode_options: decode.DecodeOptions = field(default_factory=decode.DecodeOptions)
+
+
+class Pipeline:
+    """Files or frames in, one :class:`Result` per input out, in input order.
+
+    Owns nothing it did not create: the session, the audit log and the manifest are the caller's.
+    """
+
+    def __init__(self, session: Session, manifest: Manifest, config: PipelineConfig, facts: RunFacts, audit: AuditLog | None = None) -> None:
+        self.session = session
+        self.manifest = manifest
+        self.config = config
+        self.facts = facts
+        self.audit = audit
+        self._turn = _Turn()
+
+    # -- the stages -------------------------------------------------------------------------
+
+    def run(self, sources: Iterable[Source], workers: int | None = None) -> Iterator[Result]:
+        """One result per input, in input order, as batches finish.
+
+        Raises:
+            UsageError: the session is closed (at once, before any input is read).
+        """
+        if self.session.closed:
+            raise UsageError(f"this {self.session.name} session is closed")
+        return self._run(sources, self.config.workers if workers is None else workers)
+
+    def _run(self, sources: Iterable[Source], workers: int) -> Iterator[Result]:
+        for batch in self.infer(self.batches(self.load_ahead(sources, workers))):
+            yield from self.records(batch)
+
+    def load_ahead(self, sources: Iterable[Source], workers: int) -> Iterator[list[Item]]:
+        """Decoded, gated and resized inputs, in order, ``workers`` threads ahead of the caller.
+
+        At most ``2 * workers + batch_size`` inputs are in flight, so memory stays flat.
+        """
+        if workers <= 0:
+            yield from (self.load(i, s) for i, s in enumerate(sources))
+            return
+        window = 2 * workers + self.config.batch_size
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="edgedx-decode")
+        pending: deque[Future[list[Item]]] = deque()
+        try:
+            for index, source in enumerate(sources):
+                pending.append(pool.submit(self.load, index, source))
+                if len(pending) >= window:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def load(self, index: int, source: Source) -> list[Item]:
+        """Decode, gate and resize one input into items (one per frame); problems become records."""
+        out = []
+        spec = self.manifest.preprocess
+        for item, image, info in self._decode(index, source):
+            if item.error is None and self.config.use_gate:
+                item.rejected = gate.check(image, info, self.manifest.accepts)
+            if item.error is None and item.rejected is None:
+                try:
+                    item.sample = preprocess.resize(image, spec)
+                except EdgedxError as exc:
+                    item.error = str(exc)
+            out.append(item)
+        return out
+
+    def batches(self, loaded: Iterable[list[Item]]) -> Iterator[list[Item]]:
+        """Group items so that each group holds ``batch_size`` ready samples (failed items ride along)."""
+        size = self.config.batch_size
+        items: list[Item] = []
+        ready = 0
+        for group in loaded:
+            for item in group:
+                items.append(item)
+                ready += item.ready
+                if ready == size:
+                    yield items
+                    items, ready = [], 0
+        if items:
+            yield items
+
+    def infer(self, batches: Iterable[list[Item]]) -> Iterator[_Batch]:
+        """Run the batches through the session, ``session.slots`` at a time, yielding them in order.
+
+        The one loop for every backend: fill the session's input buffer, submit, and wait for the
+        oldest batch when every slot is busy. A batch whose submit or wait fails carries the error;
+        the others go on. The session belongs to this call while any batch is in flight.
+        """
+        session = self.session
+        queue: deque[_Batch] = deque()
+        held = False
+        try:
+            for items in batches:
+                entry = _Batch(items)
+                good = [it for it in items if it.ready]
+                if good:
+                    if not held:
+                        self._turn.acquire()
+                        held = True
+                    try:
+                        session.submit(self._fill(session.input_buffer(len(good)), good))
+                        entry.submitted = True
+                    except UsageError:  # a closed session or a broken protocol: not this batch's fault
+                        raise
+                    except EdgedxError as exc:
+                        entry.error = str(exc)
+                queue.append(entry)
+                while queue and (not queue[0].submitted or session.pending >= session.slots):
+                    done = self._finish(queue.popleft())
+                    if held and session.pending == 0:
+                        self._turn.release()
+                        held = False
+                    yield done
+            while queue:
+                done = self._finish(queue.popleft())
+                if held and session.pending == 0:
+                    self._turn.release()
+                    held = False
+                yield done
+        finally:
+            if held:  # the caller stopped early: collect what is in flight so the session stays usable
+                while session.pending and not session.closed:
+                    try:
+                        session.wait()
+                    except EdgedxError:
+                        pass
+                self._turn.release()
+
+    def records(self, batch: _Batch) -> Iterator[Result]:
+        """One result per item of a finished batch, in order; each is written to the audit trail."""
+        predictions: Iterator[postprocess.Prediction] = iter(())
+        if batch.raw is not None:
+            probs = postprocess.probabilities(batch.raw, self.manifest)
+            predictions = iter(postprocess.decide(probs, self.manifest, self.config.threshold))
+        facts = self.facts
+        for it in batch.items:
+            if it.error is not None:
+                result = results.error(it.path, it.frame, it.error, facts)
+            elif it.rejected is not None:
+                result = results.rejected(it.path, it.frame, str(it.rejected), facts)
+            elif batch.error is not None:
+                result = results.error(it.path, it.frame, batch.error, facts)
+            else:
+                result = results.ok(it.path, it.frame, next(predictions), facts)
+            if self.audit is not None:
+                self.audit.write(result, it.sha256)
+            yield result
+
+    def predict_proba(self, images: list[np.ndarray]) -> np.ndarray:
+        """Scores (N, len(labels)) for decoded images, through the model's own preprocessing.
+
+        Raises:
+            UsageError: the session is closed (nothing is written anywhere then).
+            InputError: an image cannot be preprocessed.
+        """
+        out = []
+        size = self.config.batch_size
+        for start in range(0, len(images), size):
+            chunk = images[start : start + size]
+            self._turn.acquire()
+            try:
+                batch = preprocess.apply_batch(chunk, self.manifest.preprocess, self.session.input_buffer(len(chunk)))
+                raw = self.session.run(batch)
+            finally:
+                self._turn.release()
+            out.append(postprocess.probabilities(raw, self.manifest))
+        return np.concatenate(out) if out else np.empty((0, len(self.manifest.labels)))
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _fill(self, buffer: np.ndarray, good: list[Item]) -> np.ndarray:
+        """Normalize the items' resized pixels straight into the session's (possibly pinned) buffer."""
+        spec = self.manifest.preprocess
+        for row, it in enumerate(good):
+            preprocess.normalize(it.sample, spec, buffer[row])
+            it.sample = None
+        return buffer
+
+    def _finish(self, entry: _Batch) -> _Batch:
+        if entry.submitted:
+            try:
+                entry.raw = self.session.wait()
+            except EdgedxError as exc:
+                entry.error = str(exc)
+        return entry
+
+    def _decode(self, index: int, source: Source) -> Iterator[tuple[Item, np.ndarray | None, decode.SourceInfo | None]]:
+        """(item, image, SourceInfo) per frame; an item with ``error`` set when decoding failed."""
+        hashing = self.audit is not None
+        if isinstance(source, np.ndarray):
+            sha = hashlib.sha256(np.ascontiguousarray(source).tobytes()).hexdigest() if hashing else None
+            yield Item(index, None, sha256=sha), source, None
+            return
+        path = str(source)
+        sha = None
+        try:
+            data = decode.read_file(path)  # regular files only; one read serves the hash and the decoder
+            sha = hashlib.sha256(data).hexdigest() if hashing else None
+            frames = decode.decode_bytes(data, self.config.decode_options)
+        except EdgedxError as exc:
+            yield Item(index, path, error=str(exc), sha256=sha), None, None
+            return
+        except Exception as exc:  # a decoder bug must not lose the other files' results
+            yield Item(index, path, error=f"cannot decode: {type(exc).__name__}", sha256=sha), None, None
+            return
+        for d in frames:
+            yield Item(index, path, frame=d.info.frame, sha256=sha), d.image, d.info
+
+
+class _Turn:
+    """Whose turn it is to use the session: one batch (or one in-flight window) at a time.
+
+    A plain lock would deadlock when one thread interleaves two runs of the same pipeline (two
+    ``classify_many`` generators, or ``predict_proba`` inside a loop over one) while batches are in
+    flight; this one raises :class:`UsageError` instead.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner: int | None = None
+
+    def acquire(self) -> None:
+        if self._owner == threading.get_ident():
+            raise UsageError("this Classifier is already running batches in this thread: finish (or close) the first classify_many first")
+        self._lock.acquire()
+        self._owner = threading.get_ident()
+
+    def release(self) -> None:
+        self._owner = None
+        self._lock.release()

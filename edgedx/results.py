@@ -1,0 +1,112 @@
+"""What edgedx answers: one :class:`Result` per input, and how it is made.
+
+A leaf module: it imports nothing else from edgedx, so the report writers, the audit trail and the
+pipeline can all meet here without importing one another.
+
+Adding a field to every record is two steps, both in this file: a field on :class:`Result` (with a
+default, so old callers still build records) and, when it comes from the run rather than from the
+prediction, a field on :class:`RunFacts` that :func:`ok` / :func:`error` / :func:`rejected` copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+#: The three outcomes of one input.
+STATUSES = ("ok", "rejected", "error")
+
+
+@dataclass
+class Result:
+    """One record per input (per frame for multi-frame DICOM with ``all_frames``).
+
+    ``status`` is ``ok``, ``rejected`` (the input gate abstained: ``reason`` holds
+    ``code: detail``) or ``error`` (``error`` holds the message); only ``ok`` records have a label.
+    ``backend`` names the backend that ran; ``backend_note`` says why it ran when ``auto`` had to
+    fall back; ``precision`` is the inference precision the backend ran in (``None`` when the
+    backend does not choose one, e.g. ONNX Runtime running the file as stored).
+    """
+
+    path: str | None
+    label: str | None = None
+    score: float | None = None
+    scores: dict[str, float] | None = None
+    error: str | None = None
+    status: str = "ok"
+    reason: str | None = None
+    model: str = ""
+    backend: str = ""
+    frame: int | None = None
+    threshold: float | None = None
+    positive: bool | None = None
+    backend_note: str | None = None
+    precision: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What every record of one run shares: the model, the backend that ran and why."""
+
+    model: str
+    backend: str
+    backend_note: str | None = None
+    precision: str | None = None
+
+
+class Decision(Protocol):
+    """What a record needs from a prediction (``edgedx.postprocess.Prediction`` has it)."""
+
+    label: str
+    score: float
+    scores: dict[str, float]
+    threshold: float | None
+    positive: bool | None
+
+
+def ok(path: str | None, frame: int | None, decision: Decision, facts: RunFacts) -> Result:
+    """The record of an input that got an answer."""
+    return Result(
+        path,
+        label=decision.label,
+        score=decision.score,
+        scores=decision.scores,
+        threshold=decision.threshold,
+        positive=decision.positive,
+        frame=frame,
+        model=facts.model,
+        backend=facts.backend,
+        backend_note=facts.backend_note,
+        precision=facts.precision,
+    )
+
+
+def rejected(path: str | None, frame: int | None, reason: str, facts: RunFacts) -> Result:
+    """The record of an input the gate abstained on (``reason`` is ``code: detail``)."""
+    return Result(
+        path,
+        status="rejected",
+        reason=reason,
+        frame=frame,
+        model=facts.model,
+        backend=facts.backend,
+        backend_note=facts.backend_note,
+        precision=facts.precision,
+    )
+
+
+def error(path: str | None, frame: int | None, message: str, facts: RunFacts) -> Result:
+    """The record of an input that failed (decode, preprocess or its batch's inference)."""
+    return Result(
+        path,
+        status="error",
+        error=message,
+        frame=frame,
+        model=facts.model,
+        backend=facts.backend,
+        backend_note=facts.backend_note,
+        precision=facts.precision,
+    )
