@@ -46,10 +46,13 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
         raise UsageError(f"{what} must be comma-separated numbers, got {text!r}") from None
 
 
-def _session_options(threads: int | None, cuda_graph: bool, trust_engine: bool):
+PrecisionOpt = typer.Option(None, "--precision", help="OpenVINO inference precision: f32 (default) or bf16; refused where the CPU cannot run it.")
+
+
+def _session_options(threads: int | None, cuda_graph: bool, trust_engine: bool, precision: str | None = None):
     from edgedx.backends import SessionOptions
 
-    return SessionOptions(threads=threads, cuda_graph=cuda_graph, trust_engine=trust_engine)
+    return SessionOptions(threads=threads, cuda_graph=cuda_graph, trust_engine=trust_engine, precision=precision)
 
 
 @app.command()
@@ -79,6 +82,7 @@ def classify(
     threads: Optional[int] = typer.Option(None, min=1, help="CPU inference threads (default: the usable cores)."),
     no_cuda_graph: bool = typer.Option(False, "--no-cuda-graph", help="TensorRT: do not capture CUDA graphs."),
     trust_engine: bool = typer.Option(False, "--trust-engine", help="TensorRT: allow engines that carry host code."),
+    precision: Optional[str] = PrecisionOpt,
 ) -> None:
     """Classify scans. Exit code 0 when every input got an answer (ok or rejected), 1 when any failed."""
     from edgedx import api, decode, report
@@ -109,7 +113,7 @@ def classify(
         use_gate=not no_gate,
         audit=audit,
         decode_options=decode.DecodeOptions(window=center_width, all_frames=all_frames, max_pixels=max_pixels),
-        session_options=_session_options(threads, not no_cuda_graph, trust_engine),
+        session_options=_session_options(threads, not no_cuda_graph, trust_engine, precision),
         overrides=overrides,
     )
     counts = {"ok": 0, "rejected": 0, "error": 0}
@@ -189,6 +193,7 @@ def bench(
     threads: Optional[int] = typer.Option(None, min=1, help="CPU inference threads."),
     no_cuda_graph: bool = typer.Option(False, "--no-cuda-graph"),
     trust_engine: bool = typer.Option(False, "--trust-engine"),
+    precision: Optional[str] = PrecisionOpt,
 ) -> None:
     """Measure latency percentiles and throughput, model-only or end to end (--images)."""
     from edgedx import api
@@ -201,7 +206,7 @@ def bench(
         iterations = 200
     # Model-only timing runs no decode threads: inference gets the cores to itself, as in a bare session.
     with api.Classifier(engine or model, backend.value, batch_size=batch_size, workers=None if images else 0,
-                        session_options=_session_options(threads, not no_cuda_graph, trust_engine)) as clf:
+                        session_options=_session_options(threads, not no_cuda_graph, trust_engine, precision)) as clf:
         if images is not None:
             files = api.expand_paths([images])
             result = benchmod.bench_files(clf, files)

@@ -35,6 +35,11 @@ BACKENDS: dict[str, BackendEntry] = {
         ("onnxruntime",),
         "pip install onnxruntime (or onnxruntime-gpu)",
     ),
+    "openvino": BackendEntry(
+        "edgedx.backends.openvino:OpenVinoSession",
+        ("openvino",),
+        "pip install 'edgedx[openvino]'",
+    ),
     "tensorrt": BackendEntry(
         "edgedx.backends.tensorrt:TensorRTSession",
         ("tensorrt|tensorrt_lean", "cuda|pycuda"),
@@ -66,6 +71,9 @@ class SessionOptions:
         spin_wait: let CPU inference threads spin between parallel sections. Fastest when inference
             runs alone; it steals the cores from decode threads running beside it. None: the
             backend's default (the Classifier decides: off when it has decode workers).
+        precision: the inference precision to ask of a backend that chooses one (OpenVINO: "f32",
+            the default, or "bf16"). A backend that cannot honour it refuses to open; one that runs
+            the file as stored (ONNX Runtime, a TensorRT engine) refuses any.
     """
 
     threads: int | None = None
@@ -74,6 +82,7 @@ class SessionOptions:
     cuda_binding: str = "auto"
     providers: tuple[str, ...] | None = None
     spin_wait: bool | None = None
+    precision: str | None = None
 
 
 def cpu_count() -> int:
@@ -106,6 +115,8 @@ class Session(ABC):
     reuses_output_buffers: ClassVar[bool] = False
     #: Batches that may be in flight: ``submit`` may be called this many times before ``wait``.
     slots: ClassVar[int] = 1
+    #: Values of ``SessionOptions.precision`` this backend can be asked for (none: it runs the file as stored).
+    precisions: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model_path: str | Path, options: SessionOptions | None = None) -> None:
         self.model_path = Path(model_path)
@@ -118,6 +129,9 @@ class Session(ABC):
         self._in_flight = 0
         self._buffer: np.ndarray | None = None
         self._outputs: deque[np.ndarray] = deque()
+        if self.options.precision is not None and self.options.precision not in self.precisions:
+            offered = f"choose {', '.join(self.precisions)}" if self.precisions else "it runs the model file as stored"
+            raise UsageError(f"backend {self.name} cannot be asked for {self.options.precision} inference precision: {offered}")
         self._open()
         self._closed = False
 
