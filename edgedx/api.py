@@ -116,8 +116,8 @@ class Classifier:
 
         ``workers`` threads decode and resize ahead of inference (OpenCV and the backends release
         the GIL, so they overlap), and each batch is normalized straight into the session's input
-        buffer (pinned memory for TensorRT: no extra copy); at most ``2 * workers + batch_size``
-        files are in flight, so memory stays flat whatever the number of inputs. ``workers=0`` does
+        buffer (pinned memory for TensorRT: no extra copy); a bounded number of files is in flight
+        (``(2 * workers + 1) * 4``), so memory stays flat whatever the number of inputs. ``workers=0`` does
         everything in this thread. Bad inputs yield error records; the others still get results.
         Calls from several threads are safe: the session serves one batch window at a time.
         """

@@ -18,6 +18,7 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import islice
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
@@ -32,6 +33,9 @@ from edgedx.manifest import Manifest
 from edgedx.results import Result, RunFacts
 
 Source = Union[str, Path, np.ndarray]
+
+#: Inputs a load-ahead worker takes at a time (capped at the batch size).
+LOAD_CHUNK = 4
 
 
 @dataclass
@@ -113,25 +117,31 @@ class Pipeline:
     def load_ahead(self, sources: Iterable[Source], workers: int) -> Iterator[list[Item]]:
         """Decoded, gated and resized inputs, in order, ``workers`` threads ahead of the caller.
 
-        At most ``2 * workers + batch_size`` inputs are in flight, so memory stays flat.
+        Workers take runs of up to :data:`LOAD_CHUNK` inputs at a time (one task per input cost
+        more in thread hand-offs than a small image costs to decode). At most
+        ``2 * workers + 1`` runs are in flight, so memory stays flat whatever the number of inputs.
         """
         if workers <= 0:
             yield from (self.load(i, s) for i, s in enumerate(sources))
             return
-        window = 2 * workers + self.config.batch_size
+        size = max(1, min(LOAD_CHUNK, self.config.batch_size))
+        numbered = enumerate(sources)
         pool = ThreadPoolExecutor(workers, thread_name_prefix="edgedx-decode")
-        pending: deque[Future[list[Item]]] = deque()
+        pending: deque[Future[list[list[Item]]]] = deque()
         try:
-            for index, source in enumerate(sources):
-                pending.append(pool.submit(self.load, index, source))
-                if len(pending) >= window:
-                    yield pending.popleft().result()
+            while run := list(islice(numbered, size)):
+                pending.append(pool.submit(self._load_run, run))
+                if len(pending) > 2 * workers:
+                    yield from pending.popleft().result()
             while pending:
-                yield pending.popleft().result()
+                yield from pending.popleft().result()
         finally:
             for f in pending:
                 f.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
+
+    def _load_run(self, run: list[tuple[int, Source]]) -> list[list[Item]]:
+        return [self.load(i, s) for i, s in run]
 
     def load(self, index: int, source: Source) -> list[Item]:
         """Decode, gate and resize one input into items (one per frame); problems become records."""

@@ -223,7 +223,7 @@ def test_available_backends_reports_missing_hardware(monkeypatch):
     monkeypatch.setattr(base, "missing_requirements", lambda name: [])
     entry = dataclasses.replace(base.BACKENDS["tensorrt"], probe="tests.test_api:_no_gpu")
     monkeypatch.setitem(base.BACKENDS, "tensorrt", entry)
-    assert base.available_backends() == {"onnxruntime": None, "tensorrt": "no CUDA device (test)"}
+    assert base.available_backends() == {"onnxruntime": None, "openvino": None, "tensorrt": "no CUDA device (test)"}
 
 
 def _no_gpu():
