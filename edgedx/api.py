@@ -179,6 +179,8 @@ class Classifier:
         Bad inputs yield error records; the others still get results. Calls from several threads
         are safe: each batch runs atomically.
         """
+        if self.session.closed:
+            raise UsageError("this Classifier is closed")
         workers = self.workers if workers is None else workers
         batches = self._batches(self._load_ahead(sources, workers))
         run = self._run_overlapped if self.session.overlapped else self._run_serial
@@ -391,9 +393,10 @@ class Classifier:
 
     def _answers(self, items: list[_Item], raw: np.ndarray | None, error: str | None) -> Iterator[Result]:
         """Results for one batch's items, in order; ``error`` fails every item that was run."""
-        predictions: Iterator[postprocess.Prediction] = iter(())
+        predictions: Iterator[postprocess.Prediction | None] = iter(())
         if raw is not None:
-            predictions = iter(postprocess.decide(postprocess.probabilities(raw, self.manifest), self.manifest, self.threshold))
+            run = sum(it.error is None and it.rejected is None for it in items)
+            predictions = iter(postprocess.answers(raw, self.manifest, self.threshold, batch=run))
         for it in items:
             pred = None
             if it.error is None and it.rejected is None:
@@ -401,6 +404,8 @@ class Classifier:
                     it.error = error
                 else:
                     pred = next(predictions)
+                    if pred is None:  # NaN/inf from the model: an error, never a decision
+                        it.error = postprocess.NON_FINITE
             result = self._result(it, pred)
             if self._audit is not None:
                 self._audit.write(result, it.sha256)

@@ -15,7 +15,9 @@ from typing import List, Optional
 
 import typer
 
+from edgedx import interrupt
 from edgedx.errors import EXIT_INPUT_FAILED, EXIT_OK, EdgedxError, UsageError
+from edgedx.text import OneLineFormatter, printable
 
 app = typer.Typer(
     help="Edge inference for medical-image screening: classify scans, inspect and benchmark models.",
@@ -86,7 +88,7 @@ def classify(
     trust_engine: bool = typer.Option(False, "--trust-engine", help="TensorRT: allow engines that carry host code."),
 ) -> None:
     """Classify scans. Exit code 0 when every input got an answer (ok or rejected), 1 when any failed."""
-    from edgedx import api, decode, report
+    from edgedx import api, decode, outputs, report
 
     log_to_stderr(quiet)
     if as_json:
@@ -105,6 +107,7 @@ def classify(
     files = api.expand_paths(paths)
     if not files:
         raise UsageError("no image or DICOM files found in the given paths")
+    outputs.check_targets(outputs.Inputs(files), output, audit)  # never write over an input
     clf = api.Classifier(
         model,
         backend.value,
@@ -118,7 +121,7 @@ def classify(
         overrides=overrides,
     )
     counts = {"ok": 0, "rejected": 0, "error": 0}
-    stream = open(output, "w", encoding="utf-8", errors="backslashreplace") if output else sys.stdout
+    stream = outputs.open_results(output)  # whole records; a failed write is one line, exit 5
     interrupted = False
     try:
         writer = report.make_writer(fmt.value, stream, clf.manifest.labels, top_k)
@@ -132,8 +135,7 @@ def classify(
                 interrupted = True
         writer.close()
     finally:
-        if output:
-            stream.close()
+        stream.close()
     done = sum(counts.values())
     if interrupted or counts["error"] or counts["rejected"]:
         summary = f"{done} answers for {len(files)} inputs: {counts['ok']} ok, {counts['rejected']} rejected, {counts['error']} failed"
@@ -273,7 +275,7 @@ def log_to_stderr(quiet: bool = False) -> None:
     for handler in [h for h in log.handlers if getattr(h, "_edgedx_cli", False)]:
         log.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("edgedx: %(levelname)s: %(message)s"))
+    handler.setFormatter(OneLineFormatter("edgedx: %(levelname)s: %(message)s"))
     handler._edgedx_cli = True  # type: ignore[attr-defined]
     log.addHandler(handler)
     log.setLevel(logging.ERROR if quiet else logging.WARNING)
@@ -348,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     _mount_export()
+    handlers = interrupt.install_running()
     try:
         # Without standalone mode, typer returns a command's Exit code instead of raising it.
         code = app(args=argv, prog_name="edgedx", standalone_mode=False)
@@ -361,13 +364,28 @@ def main(argv: list[str] | None = None) -> int:
         print("edgedx: interrupted", file=sys.stderr)
         return 130
     except EdgedxError as exc:
-        print(f"edgedx: error: {exc}", file=sys.stderr)
+        print(f"edgedx: error: {printable(exc, 2000)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("edgedx: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `edgedx classify ... | head`
+    except BrokenPipeError:  # `edgedx classify ... | head`: the reader has all it wanted
+        _silence_stdout()
         return EXIT_OK
+    finally:
+        interrupt.restore(handlers)
+
+
+def _silence_stdout() -> None:
+    """Point standard output at /dev/null, so that Python's flush at exit does not fail again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover
