@@ -26,7 +26,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edgedx import jpeg
 from edgedx.errors import InputError, UsageError
+from edgedx.text import printable
 
 DEFAULT_MAX_PIXELS = 100_000_000
 
@@ -241,31 +243,14 @@ def check_pixels(width: int, height: int, max_pixels: int, what: str = "image", 
         )
 
 
-#: Scans a JPEG may have. libjpeg makes up to 10 for a progressive color image; each scan is a pass
-#: over the whole image, so a 94 kB file repeating a refinement scan 1,000 times over 4000x4000
-#: pixels took 6.6 s to decode (a decoding-time bomb the pixel limit does not catch).
-MAX_JPEG_SCANS = 100
+#: Re-exported from :mod:`edgedx.jpeg` (their home) for existing callers.
+MAX_JPEG_SCANS = jpeg.MAX_SCANS
+check_jpeg_scans = jpeg.check_scans
 
 
-def check_jpeg_scans(data: bytes | memoryview, what: str = "JPEG") -> None:
-    """Refuse a JPEG stream with more than :data:`MAX_JPEG_SCANS` scans (SOS markers).
-
-    Counted from the first SOS: entropy-coded data never holds FF DA (an FF there is followed by 00
-    or a restart marker), and an EXIF thumbnail's own scans come before it.
-    """
-    data = bytes(data)
-    scans = data.count(b"\xff\xda", max(data.find(b"\xff\xda"), 0))
-    if scans > MAX_JPEG_SCANS:
-        raise InputError(f"{what} has {scans:,} scans, more than {MAX_JPEG_SCANS} (a decoding-time bomb, or corrupt)")
-
-
-#: DCT scaling denominators libjpeg offers through OpenCV, largest first, with their imread flags
-#: (gray, color). REDUCED_COLOR gives BGR, like IMREAD_COLOR; both apply the EXIF orientation.
-_REDUCED_FLAGS = {
-    8: (cv2.IMREAD_REDUCED_GRAYSCALE_8, cv2.IMREAD_REDUCED_COLOR_8),
-    4: (cv2.IMREAD_REDUCED_GRAYSCALE_4, cv2.IMREAD_REDUCED_COLOR_4),
-    2: (cv2.IMREAD_REDUCED_GRAYSCALE_2, cv2.IMREAD_REDUCED_COLOR_2),
-}
+#: DCT scaling denominators libjpeg offers, largest first (both the color and the gray decode, and
+#: both apply the EXIF orientation).
+_REDUCTIONS = (8, 4, 2)
 #: A reduced image stays at least this many times the target on both sides. Measured on real
 #: radiographs (docs/fuzzing.md): at 3x the 224x224 gray model input differs from full decode +
 #: resize by at most 0.031 (max) and 0.002 (mean abs) after normalization (mean 0.5, std 0.25);
@@ -286,7 +271,7 @@ def reduction(width: int, height: int, target: tuple[int, int] | None) -> int:
     if target is None:
         return 1
     need = REDUCED_MARGIN * max(target)
-    for r in _REDUCED_FLAGS:
+    for r in _REDUCTIONS:
         if width % r == 0 and height % r == 0 and min(width, height) // r >= need:
             return r
     return 1
@@ -298,11 +283,10 @@ def _decode_raster(data: bytes, fmt: str, options: DecodeOptions) -> Decoded:
     except (struct.error, IndexError):
         raise InputError(f"truncated or malformed {fmt.upper()} header") from None
     check_pixels(width, height, options.max_pixels, f"{fmt.upper()} image")
-    buf = np.frombuffer(data, np.uint8)
     if fmt == "jpeg":
         check_jpeg_scans(data)
-        if not _jpeg_12bit(data):
-            return _decode_jpeg(buf, width, height, kind, options)
+        return _decode_jpeg(data, width, height, kind, options)
+    buf = np.frombuffer(data, np.uint8)
     # Not IMREAD_UNCHANGED: that skips the EXIF orientation. ANYDEPTH keeps 16 bit, ANYCOLOR keeps
     # gray 2-D; alpha is dropped, palettes and CMYK become BGR.
     img = cv2.imdecode(buf, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
@@ -319,34 +303,18 @@ def _decode_raster(data: bytes, fmt: str, options: DecodeOptions) -> Decoded:
     return Decoded(img, info)
 
 
-def _decode_jpeg(buf: np.ndarray, width: int, height: int, kind: str, options: DecodeOptions) -> Decoded:
-    """An 8-bit JPEG: gray straight from the luma plane when the file or the model is gray, and at
-    reduced scale when the model input is much smaller (see :func:`reduction`)."""
+def _decode_jpeg(data: bytes, width: int, height: int, kind: str, options: DecodeOptions) -> Decoded:
+    """An 8-bit JPEG, decoded strictly (corrupt entropy data is an error, :func:`edgedx.jpeg.decode`):
+    gray straight from the luma plane when the file or the model is gray, and at reduced scale when
+    the model input is much smaller (see :func:`reduction`)."""
     gray = kind == "gray" or options.target_channels == 1
     r = reduction(width, height, options.target_size)
-    if r > 1:
-        flags = _REDUCED_FLAGS[r][0 if gray else 1]
-    else:
-        flags = cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR
-    img = cv2.imdecode(buf, flags)
-    if img is None:
-        raise InputError("cannot decode JPEG: truncated or corrupt data")
-    if img.ndim == 3:
-        img = _bgr_to_rgb(img)
+    img = jpeg.decode(data, gray=gray, reduce=r)
     h, w = img.shape[:2]
     if r > 1:  # the file's size, in the decoded (EXIF-oriented) orientation
         w, h = (width, height) if (w, h) == (width // r, height // r) else (height, width)
     info = SourceInfo("jpeg", w, h, 1 if kind == "gray" else 3, 8, reduced=r)
     return Decoded(img, info)
-
-
-def _jpeg_12bit(data: bytes) -> bool:
-    """Whether the JPEG's frame header declares 12-bit (or 16-bit) samples; decoded the generic way."""
-    try:
-        pos = _jpeg_sof_offset(data)
-    except (IndexError, struct.error, InputError):
-        return False
-    return data[pos + 4] != 8
 
 
 def _bgr_to_rgb(img: np.ndarray) -> np.ndarray:
@@ -391,32 +359,13 @@ def _png_chunks_fit(data: bytes) -> None:
         pos += 12 + length
 
 
-_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # not DHT, JPG, DAC
-
-
 def _jpeg_header(data: bytes) -> tuple[int, int, str]:
-    pos = _jpeg_sof_offset(data)
-    height, width, components = struct.unpack_from(">HHB", data, pos + 5)
-    return width, height, "gray" if components == 1 else "color"
+    h = jpeg.frame_header(data)
+    return h.width, h.height, "gray" if h.components == 1 else "color"
 
 
-def _jpeg_sof_offset(data: bytes, sof: frozenset[int] = _JPEG_SOF) -> int:
-    """Offset of the first frame header (SOFn marker) of a JPEG stream starting with SOI."""
-    pos = 2
-    while True:
-        if data[pos] != 0xFF:
-            raise InputError("malformed JPEG: bad marker")
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
-            pos += 2
-        elif marker in (0xD9, 0xDA):
-            raise InputError("malformed JPEG: no frame header before the image data")
-        elif marker in sof:
-            return pos
-        else:
-            pos += 2 + struct.unpack_from(">H", data, pos + 2)[0]
+#: Re-exported from :mod:`edgedx.jpeg` for existing callers.
+_jpeg_sof_offset = jpeg.sof_offset
 
 
 def _bmp_header(data: bytes) -> tuple[int, int, str]:
@@ -479,15 +428,6 @@ def _bare_dicom(head: bytes) -> bool:
             return False
         pos, last = pos + header + length, tag
     return last >= 0
-
-
-def printable(text: object, limit: int = 200) -> str:
-    """``text`` fit for a one-line message: control characters (newlines, terminal escapes) that a
-    hostile file could put in a value are escaped, and the result is cut to ``limit`` characters."""
-    out = str(text)
-    if not out.isprintable():
-        out = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in out)
-    return out if len(out) <= limit else out[: limit - 3] + "..."
 
 
 def _reason(exc: BaseException) -> str:
