@@ -20,7 +20,7 @@ from typing import Any, Iterable, Iterator, Union
 
 import numpy as np
 
-from edgedx import bundled, decode, gate, postprocess, preprocess
+from edgedx import bundled, decode, gate, limits, postprocess, preprocess
 from edgedx import manifest as manifest_mod
 from edgedx.audit import AuditLog
 from edgedx.backends import Session, SessionOptions, open_session, resolve_backend
@@ -123,8 +123,9 @@ class Classifier:
     ) -> None:
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise UsageError(f"threshold must be in [0, 1], got {threshold}")
-        if batch_size < 1:
-            raise UsageError(f"batch size must be >= 1, got {batch_size}")
+        limits.check_count("batch size", batch_size, limits.BATCH_SIZE)
+        limits.check_count("workers", workers, limits.WORKERS)
+        limits.check_count("threads", (session_options or SessionOptions()).threads, limits.THREADS)
         self.model_path = Path(model) if model is not None else bundled.default_model(backend)
         if not self.model_path.is_file():
             raise ModelError(f"model not found: {self.model_path}")
@@ -379,7 +380,7 @@ class Classifier:
         path = str(source)
         sha = None
         try:
-            data = decode.read_file(path)  # regular files only; one read serves the hash and the decoder
+            data = decode.read_file(path, self.decode_options.max_file_size)  # regular files, size-checked first
             sha = hashlib.sha256(data).hexdigest() if self._audit is not None else None
             frames = decode.decode_bytes(data, self.decode_options)
         except EdgedxError as exc:

@@ -66,7 +66,7 @@ def classify(
     backend: Backend = BackendOpt,
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per inference call."),
     threshold: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Operating threshold for binary models (default: the manifest's)."),
-    top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Also report the K best labels."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", min=1, max=1000, help="Also report the K best labels."),
     fmt: Format = typer.Option(Format.table, "--format", "-f", help="Output format."),
     as_json: bool = typer.Option(False, "--json", help="Same as --format json: NDJSON, one object per input."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write results to FILE instead of stdout (line by line, flushed)."),
@@ -74,6 +74,7 @@ def classify(
     window: Optional[str] = typer.Option(None, help="DICOM window override as CENTER,WIDTH."),
     all_frames: bool = typer.Option(False, "--all-frames", help="Every frame of a multi-frame DICOM as its own record."),
     max_pixels: int = typer.Option(100_000_000, "--max-pixels", min=1, help="Refuse images with more pixels than this (decompression bombs)."),
+    max_file_size: str = typer.Option("256M", "--max-file-size", help="Refuse input files larger than this, before reading them (bytes; K, M, G suffixes)."),
     labels: Optional[str] = typer.Option(None, help="Comma-separated labels, for a model without a manifest."),
     mean: Optional[str] = typer.Option(None, help="Per-channel mean (after scale), for a model without a manifest."),
     std: Optional[str] = typer.Option(None, help="Per-channel std, for a model without a manifest."),
@@ -88,7 +89,7 @@ def classify(
     trust_engine: bool = typer.Option(False, "--trust-engine", help="TensorRT: allow engines that carry host code."),
 ) -> None:
     """Classify scans. Exit code 0 when every input got an answer (ok or rejected), 1 when any failed."""
-    from edgedx import api, decode, outputs, report
+    from edgedx import api, decode, limits, outputs, report
 
     log_to_stderr(quiet)
     if as_json:
@@ -116,7 +117,8 @@ def classify(
         workers=workers,
         use_gate=not no_gate,
         audit=audit,
-        decode_options=decode.DecodeOptions(window=center_width, all_frames=all_frames, max_pixels=max_pixels),
+        decode_options=decode.DecodeOptions(window=center_width, all_frames=all_frames, max_pixels=max_pixels,
+                                            max_file_size=limits.parse_size(max_file_size)),
         session_options=_session_options(threads, not no_cuda_graph, trust_engine),
         overrides=overrides,
     )
@@ -188,9 +190,9 @@ def bench(
     engine: Optional[Path] = typer.Option(None, "--engine", "-e", help="A TensorRT engine (same as --model with an engine file)."),
     backend: Backend = BackendOpt,
     batch_size: int = typer.Option(1, "--batch-size", min=1),
-    iterations: Optional[int] = typer.Option(None, min=1, help="Timed runs (default 200 unless --duration is given)."),
-    warmup: int = typer.Option(10, min=0, help="Untimed runs first."),
-    duration: Optional[float] = typer.Option(None, min=0.1, help="Time for S seconds instead of a run count."),
+    iterations: Optional[int] = typer.Option(None, min=1, max=10_000_000, help="Timed runs (default 200 unless --duration is given)."),
+    warmup: int = typer.Option(10, min=0, max=100_000, help="Untimed runs first."),
+    duration: Optional[float] = typer.Option(None, min=0.1, max=86_400, help="Time for S seconds instead of a run count."),
     images: Optional[Path] = typer.Option(None, help="Time end to end on the real files in DIR (decode to result)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     threads: Optional[int] = typer.Option(None, min=1, help="CPU inference threads."),

@@ -15,7 +15,6 @@ Every failure is an :class:`InputError` with a one-line message.
 from __future__ import annotations
 
 import math
-import os
 import re
 import stat
 import struct
@@ -28,6 +27,8 @@ import numpy as np
 
 from edgedx import jpeg
 from edgedx.errors import InputError, UsageError
+from edgedx.files import FileRefused, read_regular
+from edgedx.limits import DEFAULT_MAX_FILE_SIZE
 from edgedx.text import printable
 
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -79,6 +80,7 @@ class DecodeOptions:
     all_frames: decode every frame of a multi-frame DICOM, not only the first.
     max_pixels: refuse images with more pixels than this (decompression bombs); for DICOM, the
         pixels of every frame that would be decoded.
+    max_file_size: refuse files larger than this many bytes, before reading them.
     target_size: (width, height) of the model input the image will be resized to. A JPEG at least
         6x larger on both sides is then decoded at 1/2, 1/4 or 1/8 scale by libjpeg's DCT scaling,
         never below :data:`REDUCED_MARGIN` times the target (see :func:`reduction`); other
@@ -97,6 +99,7 @@ class DecodeOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     target_size: tuple[int, int] | None = None
     target_channels: int | None = None
+    max_file_size: int = DEFAULT_MAX_FILE_SIZE
 
     def __post_init__(self) -> None:
         if self.window is not None:
@@ -106,6 +109,8 @@ class DecodeOptions:
                 raise UsageError(f"window width must be > 0, got {self.window[1]}")
         if not _positive_int(self.max_pixels):
             raise UsageError(f"max_pixels must be a positive integer, got {self.max_pixels!r}")
+        if not _positive_int(self.max_file_size):
+            raise UsageError(f"max_file_size must be a positive integer, got {self.max_file_size!r}")
         if self.target_size is not None and not (
             isinstance(self.target_size, tuple)
             and len(self.target_size) == 2
@@ -173,33 +178,24 @@ def decode_file(path: str | Path, options: DecodeOptions = DecodeOptions()) -> l
     Raises:
         InputError: the file cannot be read or decoded.
     """
-    return decode_bytes(read_file(path), options)
+    return decode_bytes(read_file(path, options.max_file_size), options)
 
 
-def read_file(path: str | Path) -> bytes:
-    """A regular file's bytes. FIFOs, devices, sockets and directories are refused without reading:
-    a FIFO blocks until a writer comes, ``/dev/zero`` never ends.
+def read_file(path: str | Path, max_size: int = DEFAULT_MAX_FILE_SIZE) -> bytes:
+    """A regular file's bytes. FIFOs, devices, sockets and directories are refused without reading
+    (a FIFO blocks until a writer comes, ``/dev/zero`` never ends), and so is a file larger than
+    ``max_size`` bytes (:attr:`DecodeOptions.max_file_size`), before it is read.
 
     Raises:
-        InputError: not a regular file, or it cannot be opened or read.
+        InputError: not a regular file, too large, or it cannot be opened or read.
     """
-    path = Path(path)
     try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer; a regular file reads as usual.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
-            raise InputError(f"cannot read {path}: not a regular file ({kind})")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read()
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
+        return read_regular(path, max_size)
+    except FileRefused as exc:
+        hint = " (DecodeOptions.max_file_size, --max-file-size)" if "too large" in str(exc) else ""
+        raise InputError(f"cannot read {printable(path)}: {exc}{hint}") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise InputError(f"cannot read {printable(path)}: {printable(getattr(exc, 'strerror', None) or exc)}") from None
 
 
 def decode_bytes(data: bytes, options: DecodeOptions = DecodeOptions()) -> list[Decoded]:
@@ -210,6 +206,8 @@ def decode_bytes(data: bytes, options: DecodeOptions = DecodeOptions()) -> list[
     """
     if not data:
         raise InputError("empty file")
+    if len(data) > options.max_file_size:
+        raise InputError(f"file too large: {len(data):,} bytes, more than the limit of {options.max_file_size:,} (DecodeOptions.max_file_size)")
     fmt = sniff(data[:HEAD_SIZE])
     if fmt is None:
         raise InputError("not a supported image or DICOM file (PNG, JPEG, TIFF, BMP, DICOM)")

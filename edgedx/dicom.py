@@ -322,7 +322,7 @@ def _grayscale(arr: np.ndarray, ds: Dataset, window: tuple[float, float] | None)
     """Modality LUT then VOI, onto float32 0..255."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    values = apply_modality_lut(arr, ds)
+    values = _modality_lut(arr, ds) if ds.get("ModalityLUTSequence") else apply_modality_lut(arr, ds)
     if values.dtype.kind == "f" and not np.isfinite(values).all():
         raise InputError(
             "DICOM pixel values are NaN or infinite after the modality LUT (float pixel data, or a "
@@ -353,6 +353,38 @@ def _grayscale(arr: np.ndarray, ds: Dataset, window: tuple[float, float] | None)
     out -= np.float32(lo)
     out *= np.float32(gain)
     return out
+
+
+def _modality_lut(arr: np.ndarray, ds: Dataset) -> np.ndarray:
+    """The Modality LUT (PS3.3 C.11.1) of the first item: stored values -> output values (uint16).
+
+    Here rather than pydicom's ``apply_modality_lut``, which builds a numpy type from the LUT's bit
+    depth (``uint12``: a TypeError for every valid 12-bit LUT). Values below the first mapped value
+    take the first entry, above the last the last entry.
+    """
+    item = ds.ModalityLUTSequence[0]
+    try:
+        entries, first, bits = (int(v) for v in _values(item.LUTDescriptor)[:3])
+        element = item["LUTData"]
+    except (KeyError, AttributeError, TypeError, ValueError):
+        raise InputError("DICOM Modality LUT has no valid LUT Descriptor (entries, first value, bits) or LUT Data") from None
+    entries = entries or 1 << 16
+    if not 8 <= bits <= 16:
+        raise InputError(f"DICOM Modality LUT declares {bits} bits per entry; 8 to 16 are valid")
+    if int(ds.get("PixelRepresentation") or 0) == 1 and first >= 1 << 15:
+        first -= 1 << 16  # the first mapped value is signed for signed pixel data (read as US)
+    value = element.value
+    if isinstance(value, (bytes, bytearray)):
+        little = ds.original_encoding[1] is not False
+        lut = np.frombuffer(bytes(value[: len(value) // 2 * 2]), "<u2" if little else ">u2")
+    else:
+        lut = np.asarray([int(v) for v in _values(value)], np.int64)
+    if lut.size < entries or lut.size == 0 or lut.min() < 0 or lut.max() >= 1 << 16:
+        raise InputError(
+            f"DICOM Modality LUT Data has {lut.size:,} entries of 0..65535, the descriptor says {entries:,}"
+        )
+    index = np.clip(arr.astype(np.int64) - first, 0, entries - 1)
+    return lut[:entries].astype(np.uint16)[index]
 
 
 def _window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
