@@ -17,6 +17,7 @@ import typer
 
 from edgedx import interrupt
 from edgedx.errors import EXIT_INPUT_FAILED, EXIT_OK, EdgedxError, UsageError
+from edgedx.outputs import OutputClosed
 from edgedx.text import OneLineFormatter, printable
 
 app = typer.Typer(
@@ -371,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgedx: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `edgedx classify ... | head`: the reader has all it wanted
+    except (BrokenPipeError, OutputClosed):  # `edgedx classify ... | head`: the reader has all it wanted
         _silence_stdout()
         return EXIT_OK
     finally:

@@ -7,9 +7,9 @@
   file descriptor on ``flush`` (the writers flush once per record). When a write fails part-way
   (disk full, I/O error) the bytes of that record are cut off again, so a file never ends in half a
   record, and the failure is a :class:`~edgedx.errors.WriteError` (exit code 5) with one line.
-* Standard output closed by its reader (``edgedx classify ... | head``) raises ``BrokenPipeError``
-  for the command line to end quietly; a closed pipe behind ``--audit`` or ``--output`` is a
-  WriteError like any other failed write.
+* Standard output closed by its reader (``edgedx classify ... | head``) raises
+  :class:`OutputClosed` for the command line to end quietly with 0; a closed pipe behind
+  ``--audit`` or ``--output`` is a WriteError like any other failed write.
 """
 
 from __future__ import annotations
@@ -23,6 +23,13 @@ from pathlib import Path
 
 from edgedx.errors import UsageError, WriteError
 from edgedx.text import printable
+
+
+class OutputClosed(Exception):
+    """Standard output's reader went away (``| head``): the run ends quietly, exit code 0.
+
+    Not an OSError, so that no library on the way (click turns EPIPE into exit 1) mistakes it.
+    """
 
 
 class Inputs:
@@ -100,7 +107,7 @@ class LineSink(io.TextIOBase):
         name: the target's name in messages.
         what: what is written, in messages ("results", "the audit trail").
         stdout: the descriptor is standard output: a reader that went away raises
-            ``BrokenPipeError`` (the command line then ends quietly) instead of WriteError.
+            :class:`OutputClosed` (the command line then ends quietly) instead of WriteError.
         errors: how to encode what UTF-8 cannot (file names that are not UTF-8).
     """
 
@@ -166,7 +173,7 @@ class LineSink(io.TextIOBase):
                 written += n
         except BrokenPipeError:
             if self._stdout:
-                raise
+                raise OutputClosed from None
             raise self._error(BrokenPipeError(32, "the reading end of the pipe was closed"), written) from None
         except OSError as exc:
             raise self._error(exc, written) from None
