@@ -11,12 +11,8 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Callable
-from typing import Any
 
 EXIT_INTERRUPTED = 130
-
-Handler = Callable[[int, Any], Any] | int | None
 
 
 def install_early() -> None:
@@ -26,7 +22,7 @@ def install_early() -> None:
         signal.signal(signal.SIGINT, _exit_now)
 
 
-def install_running() -> dict[int, Handler]:
+def install_running() -> dict[int, object]:
     """SIGTERM raises KeyboardInterrupt, SIGINT is Python's own; returns the handlers replaced."""
     if threading.current_thread() is not threading.main_thread():
         return {}
@@ -36,10 +32,10 @@ def install_running() -> dict[int, Handler]:
     return old
 
 
-def restore(old: dict[int, Handler]) -> None:
+def restore(old: dict[int, object]) -> None:
     """Put back handlers returned by :func:`install_running`."""
     for signum, handler in old.items():
-        signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        signal.signal(signum, handler if handler is not None else signal.SIG_DFL)  # type: ignore[arg-type]
 
 
 def _exit_now(signum: int, frame: object) -> None:
