@@ -260,8 +260,18 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
         print(f"{mark} {r['name']:32} {r['precision'] or '?':5} {r['input'] or '?':16} {', '.join(r['labels'] or [])}")
 
 
+_export_mounted = False
+
+
 def _mount_export() -> None:
-    """``edgedx export ...`` and ``edgedx eval`` live in export/cli.py (heavy imports inside commands)."""
+    """``edgedx export ...`` and ``edgedx eval`` live in export/cli.py (heavy imports inside commands).
+
+    Once per process: ``main`` may run many times in one process (tests, embedding programs).
+    """
+    global _export_mounted
+    if _export_mounted:
+        return
+    _export_mounted = True
     try:
         from export import cli as export_cli
     except ImportError:  # a runtime-only install without the export package
