@@ -2,7 +2,8 @@
 
 * :class:`Inputs` remembers what the inputs are (resolved path and device/inode, so symbolic and
   hard links count), and :func:`check_targets` refuses an ``--output`` or ``--audit`` that names
-  one of them, or standard output redirected into one, before anything is opened or written.
+  one of them, or standard output redirected into one, before anything is opened or written; an
+  existing image or DICOM file (another scan) is refused as a target too.
 * :class:`LineSink` is the text stream every writer writes to: it collects text and writes it to the
   file descriptor on ``flush`` (the writers flush once per record). When a write fails part-way
   (disk full, I/O error) the bytes of that record are cut off again, so a file never ends in half a
@@ -86,6 +87,9 @@ def check_targets(inputs: Inputs, output: str | Path | None = None, audit: str |
         hit = inputs.match(target)
         if hit is not None:
             raise UsageError(f"{option} {printable(target)} is the input {printable(hit)}: refusing to write over an input")
+        kind = _scan_kind(target)
+        if kind is not None:  # another scan than this run's (a typo for results.json): never overwritten
+            raise UsageError(f"{option} {printable(target)} is an existing {kind} file: refusing to write over a scan")
     if output is None:
         fd = _stdout_fd()
         hit = None if fd is None else inputs.match_fd(fd)
@@ -93,6 +97,26 @@ def check_targets(inputs: Inputs, output: str | Path | None = None, audit: str |
             raise UsageError(f"standard output is redirected to the input {printable(hit)}: refusing to write over an input")
     if output is not None and audit is not None and Inputs([output]).match(audit) is not None:
         raise UsageError(f"--output and --audit name the same file {printable(output)}: give two files")
+
+
+def _scan_kind(path: str | Path) -> str | None:
+    """'PNG', 'JPEG', ..., 'DICOM' when ``path`` is an existing regular file holding one, else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except (OSError, ValueError):
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        head = os.read(fd, 132)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    from edgedx.decode import sniff  # imports OpenCV: only when a target exists
+
+    kind = sniff(head)
+    return None if kind is None else kind.upper()
 
 
 class LineSink(io.TextIOBase):

@@ -89,6 +89,16 @@ def test_output_and_audit_naming_one_file_is_refused(tmp_path, model, scans):
     assert proc.returncode == 2 and "name the same file" in one_error_line(proc.stderr)
 
 
+@pytest.mark.parametrize("option", ["--output", "--audit"])
+def test_another_scan_is_never_an_output(tmp_path, model, scans, option):
+    """Found by the cli fuzz target: --audit naming a scan that is not among this run's inputs."""
+    other = tmp_path / "other_scan.png"
+    other.write_bytes(scans[0].read_bytes())
+    proc = edgedx("classify", scans[1], "--json", "-m", model, option, other)
+    assert proc.returncode == 2 and "is an existing PNG file: refusing to write over a scan" in one_error_line(proc.stderr)
+    assert other.read_bytes() == scans[0].read_bytes()
+
+
 def test_a_missing_input_named_as_output_is_refused(tmp_path, model):
     missing = tmp_path / "later.png"  # would be created by the output, then read as the input
     proc = edgedx("classify", missing, "--json", "-m", model, "-o", missing)
