@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from edgedx import decode
+from edgedx import decode, limits
 from edgedx.audit import AuditLog
 from edgedx.backends import SessionOptions
 from edgedx.backends.base import cpu_count
@@ -67,8 +67,9 @@ class Classifier:
     ) -> None:
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise UsageError(f"threshold must be in [0, 1], got {threshold}")
-        if batch_size < 1:
-            raise UsageError(f"batch size must be >= 1, got {batch_size}")
+        limits.check_count("batch size", batch_size, limits.BATCH_SIZE)
+        limits.check_count("workers", workers, limits.WORKERS)
+        limits.check_count("threads", (session_options or SessionOptions()).threads, limits.THREADS)
         self.requested_backend = backend
         self.threshold = threshold
         self.workers = cpu_count() if workers is None else workers

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from edgedx.manifest import Manifest
+from edgedx.outputs import open_sink
 from edgedx.results import Result
 from edgedx.version import __version__
 
@@ -30,11 +30,17 @@ def library_versions(backend_detail: dict[str, Any]) -> dict[str, str]:
 
 
 class AuditLog:
-    """Appends records to ``path``; one ``write`` is one line, flushed and fsynced."""
+    """Appends records to ``path``; one ``write`` is one line, written whole and fsynced.
+
+    Raises:
+        UsageError: the file cannot be opened (from the constructor).
+        WriteError: a record cannot be written (from :meth:`write`): disk full, I/O error, a pipe
+            whose reader went away. A record cut short is truncated off again.
+    """
 
     def __init__(self, path: str | Path, *, model_sha256: str, manifest: Manifest, backend_detail: dict[str, Any]) -> None:
         self.path = Path(path)
-        self._f: IO[str] = open(self.path, "a", encoding="utf-8")
+        self._f = open_sink(self.path, append=True, what="the audit trail")
         self._static = {
             "model_sha256": model_sha256,
             "manifest_sha256": hashlib.sha256(manifest.to_json().encode()).hexdigest(),
@@ -62,8 +68,7 @@ class AuditLog:
             "decision": result.label,
         }
         self._f.write(json.dumps(record) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        self._f.sync()
 
     def close(self) -> None:
         if not self._f.closed:

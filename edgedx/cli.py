@@ -16,7 +16,10 @@ from typing import List, Optional
 import typer
 
 from edgedx.console import Backend, export_package, log_to_stderr
+from edgedx import interrupt
 from edgedx.errors import EXIT_INPUT_FAILED, EXIT_OK, EdgedxError, UsageError
+from edgedx.outputs import OutputClosed
+from edgedx.text import printable
 
 app = typer.Typer(
     help="Edge inference for medical-image screening: classify scans, inspect and benchmark models.",
@@ -62,7 +65,7 @@ def classify(
     backend: Backend = BackendOpt,
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per inference call."),
     threshold: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Operating threshold for binary models (default: the manifest's)."),
-    top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Also report the K best labels."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", min=1, max=1000, help="Also report the K best labels."),
     fmt: Format = typer.Option(Format.table, "--format", "-f", help="Output format."),
     as_json: bool = typer.Option(False, "--json", help="Same as --format json: NDJSON, one object per input."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write results to FILE instead of stdout (line by line, flushed)."),
@@ -70,6 +73,7 @@ def classify(
     window: Optional[str] = typer.Option(None, help="DICOM window override as CENTER,WIDTH."),
     all_frames: bool = typer.Option(False, "--all-frames", help="Every frame of a multi-frame DICOM as its own record."),
     max_pixels: int = typer.Option(100_000_000, "--max-pixels", min=1, help="Refuse images with more pixels than this (decompression bombs)."),
+    max_file_size: str = typer.Option("256M", "--max-file-size", help="Refuse input files larger than this, before reading them (bytes; K, M, G suffixes)."),
     labels: Optional[str] = typer.Option(None, help="Comma-separated labels, for a model without a manifest."),
     mean: Optional[str] = typer.Option(None, help="Per-channel mean (after scale), for a model without a manifest."),
     std: Optional[str] = typer.Option(None, help="Per-channel std, for a model without a manifest."),
@@ -85,7 +89,7 @@ def classify(
     precision: Optional[str] = PrecisionOpt,
 ) -> None:
     """Classify scans. Exit code 0 when every input got an answer (ok or rejected), 1 when any failed."""
-    from edgedx import api, decode, report
+    from edgedx import api, decode, limits, outputs, report
 
     log_to_stderr(quiet)
     if as_json:
@@ -104,6 +108,7 @@ def classify(
     files = api.expand_paths(paths)
     if not files:
         raise UsageError("no image or DICOM files found in the given paths")
+    outputs.check_targets(outputs.Inputs(files), output, audit)  # never write over an input
     clf = api.Classifier(
         model,
         backend.value,
@@ -112,12 +117,13 @@ def classify(
         workers=workers,
         use_gate=not no_gate,
         audit=audit,
-        decode_options=decode.DecodeOptions(window=center_width, all_frames=all_frames, max_pixels=max_pixels),
+        decode_options=decode.DecodeOptions(window=center_width, all_frames=all_frames, max_pixels=max_pixels,
+                                            max_file_size=limits.parse_size(max_file_size)),
         session_options=_session_options(threads, not no_cuda_graph, trust_engine, precision),
         overrides=overrides,
     )
     counts = {"ok": 0, "rejected": 0, "error": 0}
-    stream = open(output, "w", encoding="utf-8", errors="backslashreplace") if output else sys.stdout
+    stream = outputs.open_results(output)  # whole records; a failed write is one line, exit 5
     interrupted = False
     try:
         writer = report.make_writer(fmt.value, stream, clf.manifest.labels, top_k)
@@ -131,8 +137,7 @@ def classify(
                 interrupted = True
         writer.close()
     finally:
-        if output:
-            stream.close()
+        stream.close()
     done = sum(counts.values())
     if interrupted or counts["error"] or counts["rejected"]:
         summary = f"{done} answers for {len(files)} inputs: {counts['ok']} ok, {counts['rejected']} rejected, {counts['error']} failed"
@@ -185,9 +190,9 @@ def bench(
     engine: Optional[Path] = typer.Option(None, "--engine", "-e", help="A TensorRT engine (same as --model with an engine file)."),
     backend: Backend = BackendOpt,
     batch_size: int = typer.Option(1, "--batch-size", min=1),
-    iterations: Optional[int] = typer.Option(None, min=1, help="Timed runs (default 200 unless --duration is given)."),
-    warmup: int = typer.Option(10, min=0, help="Untimed runs first."),
-    duration: Optional[float] = typer.Option(None, min=0.1, help="Time for S seconds instead of a run count."),
+    iterations: Optional[int] = typer.Option(None, min=1, max=10_000_000, help="Timed runs (default 200 unless --duration is given)."),
+    warmup: int = typer.Option(10, min=0, max=100_000, help="Untimed runs first."),
+    duration: Optional[float] = typer.Option(None, min=0.1, max=86_400, help="Time for S seconds instead of a run count."),
     images: Optional[Path] = typer.Option(None, help="Time end to end on the real files in DIR (decode to result)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     threads: Optional[int] = typer.Option(None, min=1, help="CPU inference threads."),
@@ -343,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     mount_export()
+    handlers = interrupt.install_running()
     try:
         # Without standalone mode, typer returns a command's Exit code instead of raising it.
         code = app(args=argv, prog_name="edgedx", standalone_mode=False)
@@ -356,13 +362,28 @@ def main(argv: list[str] | None = None) -> int:
         print("edgedx: interrupted", file=sys.stderr)
         return 130
     except EdgedxError as exc:
-        print(f"edgedx: error: {exc}", file=sys.stderr)
+        print(f"edgedx: error: {printable(exc, 2000)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("edgedx: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `edgedx classify ... | head`
+    except (BrokenPipeError, OutputClosed):  # `edgedx classify ... | head`: the reader has all it wanted
+        _silence_stdout()
         return EXIT_OK
+    finally:
+        interrupt.restore(handlers)
+
+
+def _silence_stdout() -> None:
+    """Point standard output at /dev/null, so that Python's flush at exit does not fail again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,6 +13,8 @@ from enum import Enum
 from pathlib import Path
 from types import ModuleType
 
+from edgedx.text import OneLineFormatter
+
 log = logging.getLogger("edgedx")
 
 #: The export stage ships beside this package (``export/`` at the top level of the distribution).
@@ -33,7 +35,7 @@ def log_to_stderr(quiet: bool = False) -> None:
     for handler in [h for h in log.handlers if getattr(h, "_edgedx_cli", False)]:
         log.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("edgedx: %(levelname)s: %(message)s"))
+    handler.setFormatter(OneLineFormatter("edgedx: %(levelname)s: %(message)s"))
     handler._edgedx_cli = True  # type: ignore[attr-defined]
     log.addHandler(handler)
     log.setLevel(logging.ERROR if quiet else logging.WARNING)

@@ -14,7 +14,6 @@ Every failure is an :class:`InputError` with a one-line message.
 
 from __future__ import annotations
 
-import os
 import re
 import stat
 import struct
@@ -24,9 +23,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgedx.codestream import JPEG_SOF, MAX_JPEG_SCANS, check_jpeg_scans, check_pixels, jpeg_sof_offset, printable  # noqa: F401
+from edgedx import jpeg
+from edgedx.codestream import check_pixels
 from edgedx.decoded import DEFAULT_MAX_PIXELS, Decoded, DecodeOptions, SourceInfo  # noqa: F401  (public here too)
 from edgedx.errors import InputError
+from edgedx.files import FileRefused, read_regular
+from edgedx.limits import DEFAULT_MAX_FILE_SIZE
+from edgedx.text import printable
 
 #: File extensions a directory walk picks up without looking inside.
 EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"})
@@ -96,37 +99,24 @@ def decode_file(path: str | Path, options: DecodeOptions = DecodeOptions()) -> l
     Raises:
         InputError: the file cannot be read or decoded.
     """
-    return decode_bytes(read_file(path), options)
+    return decode_bytes(read_file(path, options.max_file_size), options)
 
 
-def read_file(path: str | Path) -> bytes:
-    """A regular file's bytes. FIFOs, devices, sockets and directories are refused without reading:
-    a FIFO blocks until a writer comes, ``/dev/zero`` never ends.
+def read_file(path: str | Path, max_size: int = DEFAULT_MAX_FILE_SIZE) -> bytes:
+    """A regular file's bytes. FIFOs, devices, sockets and directories are refused without reading
+    (a FIFO blocks until a writer comes, ``/dev/zero`` never ends), and so is a file larger than
+    ``max_size`` bytes (:attr:`DecodeOptions.max_file_size`), before it is read.
 
     Raises:
-        InputError: not a regular file, or it cannot be opened or read.
+        InputError: not a regular file, too large, or it cannot be opened or read.
     """
     try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer; a regular file reads as usual.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            mode = st.st_mode
-            kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
-            raise InputError(f"cannot read {path}: not a regular file ({kind})")
-        # os.read straight into bytes: half the cost of a buffered file object for small scans.
-        chunks, want = [], st.st_size + 1  # one read for a file that did not grow since fstat
-        while chunk := os.read(fd, want):
-            chunks.append(chunk)
-            want = 1 << 20
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
+        return read_regular(path, max_size)
+    except FileRefused as exc:
+        hint = " (DecodeOptions.max_file_size, --max-file-size)" if "too large" in str(exc) else ""
+        raise InputError(f"cannot read {printable(path)}: {exc}{hint}") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise InputError(f"cannot read {printable(path)}: {printable(getattr(exc, 'strerror', None) or exc)}") from None
 
 
 def decode_bytes(data: bytes, options: DecodeOptions = DecodeOptions()) -> list[Decoded]:
@@ -137,6 +127,8 @@ def decode_bytes(data: bytes, options: DecodeOptions = DecodeOptions()) -> list[
     """
     if not data:
         raise InputError("empty file")
+    if len(data) > options.max_file_size:
+        raise InputError(f"file too large: {len(data):,} bytes, more than the limit of {options.max_file_size:,} (DecodeOptions.max_file_size)")
     fmt = sniff(data[:HEAD_SIZE])
     if fmt is None:
         raise InputError("not a supported image or DICOM file (PNG, JPEG, TIFF, BMP, DICOM)")
@@ -154,13 +146,14 @@ def decode_bytes(data: bytes, options: DecodeOptions = DecodeOptions()) -> list[
         raise InputError(f"cannot decode {fmt.upper()}: {_reason(exc)}") from None
 
 
-#: DCT scaling denominators libjpeg offers through OpenCV, largest first, with their imread flags
-#: (gray, color). REDUCED_COLOR gives BGR, like IMREAD_COLOR; both apply the EXIF orientation.
-_REDUCED_FLAGS = {
-    8: (cv2.IMREAD_REDUCED_GRAYSCALE_8, cv2.IMREAD_REDUCED_COLOR_8),
-    4: (cv2.IMREAD_REDUCED_GRAYSCALE_4, cv2.IMREAD_REDUCED_COLOR_4),
-    2: (cv2.IMREAD_REDUCED_GRAYSCALE_2, cv2.IMREAD_REDUCED_COLOR_2),
-}
+#: Re-exported from :mod:`edgedx.jpeg` (their home) for existing callers.
+MAX_JPEG_SCANS = jpeg.MAX_SCANS
+check_jpeg_scans = jpeg.check_scans
+
+
+#: DCT scaling denominators libjpeg offers, largest first (both the color and the gray decode, and
+#: both apply the EXIF orientation).
+_REDUCTIONS = (8, 4, 2)
 #: A reduced image stays at least this many times the target on both sides. Measured on real
 #: radiographs (docs/fuzzing.md): at 3x the 224x224 gray model input differs from full decode +
 #: resize by at most 0.031 (max) and 0.002 (mean abs) after normalization (mean 0.5, std 0.25);
@@ -181,7 +174,7 @@ def reduction(width: int, height: int, target: tuple[int, int] | None) -> int:
     if target is None:
         return 1
     need = REDUCED_MARGIN * max(target)
-    for r in _REDUCED_FLAGS:
+    for r in _REDUCTIONS:
         if width % r == 0 and height % r == 0 and min(width, height) // r >= need:
             return r
     return 1
@@ -193,11 +186,10 @@ def _decode_raster(data: bytes, fmt: str, options: DecodeOptions) -> Decoded:
     except (struct.error, IndexError):
         raise InputError(f"truncated or malformed {fmt.upper()} header") from None
     check_pixels(width, height, options.max_pixels, f"{fmt.upper()} image")
-    buf = np.frombuffer(data, np.uint8)
     if fmt == "jpeg":
         check_jpeg_scans(data)
-        if not _jpeg_12bit(data):
-            return _decode_jpeg(buf, width, height, kind, options)
+        return _decode_jpeg(data, width, height, kind, options)
+    buf = np.frombuffer(data, np.uint8)
     # Not IMREAD_UNCHANGED: that skips the EXIF orientation. ANYDEPTH keeps 16 bit, ANYCOLOR keeps
     # gray 2-D; alpha is dropped, palettes and CMYK become BGR.
     img = cv2.imdecode(buf, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
@@ -214,34 +206,18 @@ def _decode_raster(data: bytes, fmt: str, options: DecodeOptions) -> Decoded:
     return Decoded(img, info)
 
 
-def _decode_jpeg(buf: np.ndarray, width: int, height: int, kind: str, options: DecodeOptions) -> Decoded:
-    """An 8-bit JPEG: gray straight from the luma plane when the file or the model is gray, and at
-    reduced scale when the model input is much smaller (see :func:`reduction`)."""
+def _decode_jpeg(data: bytes, width: int, height: int, kind: str, options: DecodeOptions) -> Decoded:
+    """An 8-bit JPEG, decoded strictly (corrupt entropy data is an error, :func:`edgedx.jpeg.decode`):
+    gray straight from the luma plane when the file or the model is gray, and at reduced scale when
+    the model input is much smaller (see :func:`reduction`)."""
     gray = kind == "gray" or options.target_channels == 1
     r = reduction(width, height, options.target_size)
-    if r > 1:
-        flags = _REDUCED_FLAGS[r][0 if gray else 1]
-    else:
-        flags = cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR
-    img = cv2.imdecode(buf, flags)
-    if img is None:
-        raise InputError("cannot decode JPEG: truncated or corrupt data")
-    if img.ndim == 3:
-        img = _bgr_to_rgb(img)
+    img = jpeg.decode(data, gray=gray, reduce=r)
     h, w = img.shape[:2]
     if r > 1:  # the file's size, in the decoded (EXIF-oriented) orientation
         w, h = (width, height) if (w, h) == (width // r, height // r) else (height, width)
     info = SourceInfo("jpeg", w, h, 1 if kind == "gray" else 3, 8, reduced=r)
     return Decoded(img, info)
-
-
-def _jpeg_12bit(data: bytes) -> bool:
-    """Whether the JPEG's frame header declares 12-bit (or 16-bit) samples; decoded the generic way."""
-    try:
-        pos = jpeg_sof_offset(data)
-    except (IndexError, struct.error, InputError):
-        return False
-    return data[pos + 4] != 8
 
 
 def _bgr_to_rgb(img: np.ndarray) -> np.ndarray:
@@ -287,9 +263,12 @@ def _png_chunks_fit(data: bytes) -> None:
 
 
 def _jpeg_header(data: bytes) -> tuple[int, int, str]:
-    pos = jpeg_sof_offset(data)
-    height, width, components = struct.unpack_from(">HHB", data, pos + 5)
-    return width, height, "gray" if components == 1 else "color"
+    h = jpeg.frame_header(data)
+    return h.width, h.height, "gray" if h.components == 1 else "color"
+
+
+#: Re-exported from :mod:`edgedx.jpeg` for existing callers.
+_jpeg_sof_offset = jpeg.sof_offset
 
 
 def _bmp_header(data: bytes) -> tuple[int, int, str]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgedx.errors import UsageError
+from edgedx.limits import DEFAULT_MAX_FILE_SIZE
 
 DEFAULT_MAX_PIXELS = 100_000_000
 
@@ -39,6 +40,7 @@ class DecodeOptions:
     all_frames: decode every frame of a multi-frame DICOM, not only the first.
     max_pixels: refuse images with more pixels than this (decompression bombs); for DICOM, the
         pixels of every frame that would be decoded.
+    max_file_size: refuse files larger than this many bytes, before reading them.
     target_size: (width, height) of the model input the image will be resized to. A JPEG at least
         6x larger on both sides is then decoded at 1/2, 1/4 or 1/8 scale by libjpeg's DCT scaling,
         never below :data:`REDUCED_MARGIN` times the target (see :func:`reduction`); other
@@ -57,6 +59,7 @@ class DecodeOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     target_size: tuple[int, int] | None = None
     target_channels: int | None = None
+    max_file_size: int = DEFAULT_MAX_FILE_SIZE
 
     def __post_init__(self) -> None:
         if self.window is not None:
@@ -66,6 +69,8 @@ class DecodeOptions:
                 raise UsageError(f"window width must be > 0, got {self.window[1]}")
         if not _positive_int(self.max_pixels):
             raise UsageError(f"max_pixels must be a positive integer, got {self.max_pixels!r}")
+        if not _positive_int(self.max_file_size):
+            raise UsageError(f"max_file_size must be a positive integer, got {self.max_file_size!r}")
         if self.target_size is not None and not (
             isinstance(self.target_size, tuple)
             and len(self.target_size) == 2

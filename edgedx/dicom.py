@@ -23,9 +23,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgedx.codestream import check_jpeg_scans, check_pixels, jpeg_sof_offset, printable
+from edgedx import jpeg
+from edgedx.codestream import check_pixels
 from edgedx.decoded import Decoded, DecodeOptions, SourceInfo
 from edgedx.errors import InputError
+from edgedx.text import printable
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -38,7 +40,11 @@ _DEFLATED = "1.2.840.10008.1.2.1.99"
 #: Bytes of a deflated dataset, beyond 8 per pixel allowed by ``max_pixels``, that inflating may produce.
 DEFLATE_SLACK = 16 << 20
 #: Frame header markers: JPEG SOF0-15 (not DHT, JPG, DAC) and JPEG-LS SOF55.
-_FRAME_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xF7}
+_FRAME_SOF = jpeg.SOF_MARKERS | {0xF7}
+#: JPEG Baseline (Process 1) and Extended (Process 2 & 4): their 8-bit frames are decoded by
+#: :func:`edgedx.jpeg.decode` (strict libjpeg-turbo, in the base install); 12-bit ones by pydicom's
+#: decoders (the ``[dicom]`` extra), like JPEG 2000, JPEG-LS and JPEG Lossless.
+_JPEG_8BIT_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"})
 #: Pixel values beyond this magnitude overflow float32 arithmetic (the display pipeline's type).
 _FLOAT32_SAFE = 1e37
 
@@ -166,7 +172,7 @@ def _check_embedded_frames(ds: Dataset, count: int, frames: int, columns: int, r
         found = generate_frames(ds.PixelData, number_of_frames=frames, extended_offsets=offsets)
         for index, frame in zip(range(count), found, strict=False):  # fewer frames: the decoder says so
             if frame[:2] == b"\xff\xd8":
-                check_jpeg_scans(frame, f"DICOM frame {index}: the compressed image")
+                jpeg.check_scans(frame, f"DICOM frame {index}: the compressed image")
             size = _codestream_size(frame)
             if size is not None and size[0] * size[1] * size[2] > columns * rows * samples:
                 width, height, components = size
@@ -184,7 +190,7 @@ def _codestream_size(frame: bytes) -> tuple[int, int, int] | None:
     """(width, height, components) from a JPEG/JPEG-LS frame header or a JPEG 2000 SIZ segment."""
     try:
         if frame[:2] == b"\xff\xd8":
-            pos = jpeg_sof_offset(frame, _FRAME_SOF)
+            pos = jpeg.sof_offset(frame, _FRAME_SOF)
             height, width, components = struct.unpack_from(">HHB", frame, pos + 5)
             return width, height, components
         pos = frame.find(b"\xff\x4f\xff\x51", 0, 4096)  # J2K SOC + SIZ, bare or inside a JP2 box
@@ -213,6 +219,8 @@ def _transfer_syntax(ds: Dataset) -> UID:
         decoder = get_decoder(tsyntax)
     except NotImplementedError:
         raise InputError(f"unsupported DICOM transfer syntax {label}: no pixel data decoder exists for it") from None
+    if tsyntax in _JPEG_8BIT_SYNTAXES:  # decoded here when 8-bit (see _pixels); else checked there
+        return tsyntax
     if not decoder.is_available:
         raise InputError(
             f"no decoder installed for DICOM transfer syntax {label}; pydicom can use any of: "
@@ -222,15 +230,74 @@ def _transfer_syntax(ds: Dataset) -> UID:
 
 
 def _pixels(ds: Dataset, index: int, tsyntax: UID) -> np.ndarray:
-    """One decoded frame, YBR_FULL* already converted to RGB by pydicom."""
+    """One decoded frame, YBR_FULL* already converted to RGB."""
     from pydicom.pixels import pixel_array
 
+    if tsyntax in _JPEG_8BIT_SYNTAXES and "PixelData" in ds:
+        frame = _jpeg_frame(ds, index)
+        header = _frame_header(frame, index)
+        if header.precision == 8 and not header.lossless:
+            return _decode_jpeg_frame(ds, frame, header, index)
+        _need_decoder(tsyntax, f"{header.precision}-bit JPEG frames")
     try:
         return pixel_array(ds, index=index)
     except MemoryError:
         raise
     except Exception as exc:
         raise InputError(f"cannot decode DICOM pixel data ({tsyntax.name}): {_safe_reason(exc, ds)}") from None
+
+
+def _jpeg_frame(ds: Dataset, index: int) -> bytes:
+    from pydicom.encaps import get_frame
+
+    offsets = None
+    if ds.get("ExtendedOffsetTable") is not None and ds.get("ExtendedOffsetTableLengths") is not None:
+        offsets = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+    try:
+        return get_frame(ds.PixelData, index, number_of_frames=int(ds.get("NumberOfFrames") or 1), extended_offsets=offsets)
+    except Exception as exc:  # a malformed encapsulation: pydicom's message names no tag value
+        raise InputError(f"cannot read DICOM frame {index} from the encapsulated pixel data ({type(exc).__name__})") from None
+
+
+def _frame_header(frame: bytes, index: int) -> jpeg.FrameHeader:
+    try:
+        return jpeg.frame_header(frame)
+    except (IndexError, struct.error):
+        raise InputError(f"DICOM frame {index}: truncated or malformed JPEG header") from None
+    except InputError as exc:
+        raise InputError(f"DICOM frame {index}: {exc}") from None
+
+
+def _decode_jpeg_frame(ds: Dataset, frame: bytes, header: jpeg.FrameHeader, index: int) -> np.ndarray:
+    """An 8-bit JPEG frame, strictly decoded: HxW (one sample) or HxWx3 RGB, sized as Rows x Columns."""
+    samples = int(ds.get("SamplesPerPixel") or 1)
+    if header.components != samples:
+        raise InputError(
+            f"DICOM frame {index}: the JPEG has {header.components} components, SamplesPerPixel says {samples}"
+        )
+    if samples == 3 and str(ds.get("PhotometricInterpretation") or "").strip().upper() == "RGB":
+        frame = jpeg.without_color_transform(frame)  # RGB components as stored (PS3.5 8.2.1)
+    arr = jpeg.decode(frame, gray=samples == 1, apply_orientation=False, what=f"DICOM frame {index}")
+    rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    if arr.shape[:2] != (rows, columns):
+        raise InputError(f"DICOM frame {index}: the JPEG is {arr.shape[1]}x{arr.shape[0]}, Rows x Columns say {columns}x{rows}")
+    bits = int(ds.get("BitsStored") or 8)
+    if samples == 1 and int(ds.get("PixelRepresentation") or 0) == 1 and 1 <= bits <= 8:
+        signed = arr.astype(np.int16)
+        signed[signed >= 1 << (bits - 1)] -= 1 << bits  # two's complement in BitsStored bits
+        return signed
+    return arr
+
+
+def _need_decoder(tsyntax: UID, what: str) -> None:
+    from pydicom.pixels import get_decoder
+
+    decoder = get_decoder(tsyntax)
+    if not decoder.is_available:
+        raise InputError(
+            f"no decoder installed for {what} ({tsyntax.name}); pydicom can use any of: "
+            f"{'; '.join(decoder.missing_dependencies)} (pip install 'edgedx[dicom]')"
+        )
 
 
 def _display(arr: np.ndarray, ds: Dataset, photometric: str, window: tuple[float, float] | None) -> np.ndarray:
@@ -256,7 +323,7 @@ def _grayscale(arr: np.ndarray, ds: Dataset, window: tuple[float, float] | None)
     """Modality LUT then VOI, onto float32 0..255."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    values = apply_modality_lut(arr, ds)
+    values = _modality_lut(arr, ds) if ds.get("ModalityLUTSequence") else apply_modality_lut(arr, ds)
     if values.dtype.kind == "f" and not np.isfinite(values).all():
         raise InputError(
             "DICOM pixel values are NaN or infinite after the modality LUT (float pixel data, or a "
@@ -287,6 +354,38 @@ def _grayscale(arr: np.ndarray, ds: Dataset, window: tuple[float, float] | None)
     out -= np.float32(lo)
     out *= np.float32(gain)
     return out
+
+
+def _modality_lut(arr: np.ndarray, ds: Dataset) -> np.ndarray:
+    """The Modality LUT (PS3.3 C.11.1) of the first item: stored values -> output values (uint16).
+
+    Here rather than pydicom's ``apply_modality_lut``, which builds a numpy type from the LUT's bit
+    depth (``uint12``: a TypeError for every valid 12-bit LUT). Values below the first mapped value
+    take the first entry, above the last the last entry.
+    """
+    item = ds.ModalityLUTSequence[0]
+    try:
+        entries, first, bits = (int(v) for v in _values(item.LUTDescriptor)[:3])
+        element = item["LUTData"]
+    except (KeyError, AttributeError, TypeError, ValueError):
+        raise InputError("DICOM Modality LUT has no valid LUT Descriptor (entries, first value, bits) or LUT Data") from None
+    entries = entries or 1 << 16
+    if not 8 <= bits <= 16:
+        raise InputError(f"DICOM Modality LUT declares {bits} bits per entry; 8 to 16 are valid")
+    if int(ds.get("PixelRepresentation") or 0) == 1 and first >= 1 << 15:
+        first -= 1 << 16  # the first mapped value is signed for signed pixel data (read as US)
+    value = element.value
+    if isinstance(value, (bytes, bytearray)):
+        little = ds.original_encoding[1] is not False
+        lut = np.frombuffer(bytes(value[: len(value) // 2 * 2]), "<u2" if little else ">u2")
+    else:
+        lut = np.asarray([int(v) for v in _values(value)], np.int64)
+    if lut.size < entries or lut.size == 0 or lut.min() < 0 or lut.max() >= 1 << 16:
+        raise InputError(
+            f"DICOM Modality LUT Data has {lut.size:,} entries of 0..65535, the descriptor says {entries:,}"
+        )
+    index = np.clip(arr.astype(np.int64) - first, 0, entries - 1)
+    return lut[:entries].astype(np.uint16)[index]
 
 
 def _window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:

@@ -5,7 +5,9 @@ Exit codes (see README.md):
     1  at least one input failed (the others still got results)
     2  usage error (bad option, missing argument)
     3  the requested backend cannot run here (not installed, no CUDA device)
-    4  the model is bad (unreadable, not what its extension says, invalid manifest)
+    4  the model is bad (unreadable, not what its extension says, invalid manifest, unusable outputs)
+    5  the results or the audit trail could not be written (disk full, I/O error, closed pipe);
+       every record already written is a whole line
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ EXIT_INPUT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_BACKEND_UNAVAILABLE = 3
 EXIT_BAD_MODEL = 4
+EXIT_WRITE_FAILED = 5
 
 
 class EdgedxError(Exception):
@@ -54,6 +57,12 @@ class ModelError(EdgedxError):
     """The model file or its manifest is missing, malformed or inconsistent."""
 
     exit_code = EXIT_BAD_MODEL
+
+
+class WriteError(EdgedxError):
+    """Results or audit records could not be written; the run stops (a record cut short is removed)."""
+
+    exit_code = EXIT_WRITE_FAILED
 
 
 class BackendError(EdgedxError):

@@ -8,12 +8,15 @@ reports every problem at once.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any, Mapping
 
 from edgedx.errors import ModelError
+from edgedx.limits import MAX_MANIFEST_SIZE
+from edgedx.text import printable
 from edgedx.preprocess import PreprocessSpec, ResizePolicy
 
 SCHEMA = "edgedx.manifest"
@@ -215,7 +218,7 @@ def load(model_path: str | Path, metadata: Mapping[str, str] | None = None) -> M
     """
     model_path = Path(model_path)
     sidecar = sidecar_path(model_path)
-    if sidecar.exists():
+    if os.path.lexists(sidecar):  # a dangling link or a FIFO is a bad sidecar, not a missing one
         return from_json(_read_text(sidecar), str(sidecar))
     if metadata is not None or _looks_like_onnx(model_path):
         from edgedx import onnxfile
@@ -297,10 +300,16 @@ def _looks_like_onnx(path: Path) -> bool:
 
 
 def _read_text(path: Path) -> str:
+    """A sidecar's text: a regular file of at most :data:`~edgedx.limits.MAX_MANIFEST_SIZE` bytes
+    (a FIFO named like the sidecar would block a plain read, a link to /dev/zero never ends)."""
+    from edgedx.files import read_regular, reason
+
     try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ModelError(f"cannot read {path}: {exc}") from None
+        return read_regular(path, MAX_MANIFEST_SIZE).decode("utf-8")
+    except OSError as exc:
+        raise ModelError(f"cannot read {printable(path)}: {reason(exc)}") from None
+    except UnicodeDecodeError:
+        raise ModelError(f"cannot read {printable(path)}: not UTF-8 text") from None
 
 
 def _section(data: Mapping, name: str, problems: list[str]) -> Mapping:

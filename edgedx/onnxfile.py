@@ -8,9 +8,13 @@ not ONNX at all recognised) before any backend is loaded.
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 from edgedx.errors import ModelError
+from edgedx.files import kind, read_regular, reason
+from edgedx.limits import MAX_MODEL_SIZE
+from edgedx.text import printable
 
 _METADATA_PROPS = 14
 _IR_VERSION = 1
@@ -29,10 +33,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         ModelError: the file cannot be read or is not an ONNX model.
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ModelError(f"cannot read model {path}: {exc.strerror or exc}") from None
+    data = _read(path)
     try:
         fields = dict(_top_level_fields(data))
         metadata: dict[str, str] = {}
@@ -48,8 +49,12 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 
 def external_data_locations(path: str | Path) -> list[str]:
-    """The ``location`` of every graph initializer stored outside the file."""
-    data = Path(path).read_bytes()
+    """The ``location`` of every graph initializer stored outside the file.
+
+    Raises:
+        ModelError: the file cannot be read or is not an ONNX model.
+    """
+    data = _read(Path(path))
     out = []
     try:
         for number, graph in _iter_fields(data):
@@ -83,6 +88,20 @@ def check_external_data(path: str | Path) -> None:
         target = (folder / location).resolve()
         if Path(location).is_absolute() or folder not in (target, *target.parents):
             raise ModelError(f"{path} refers to external data outside its folder ({location!r}); refusing to load it")
+        try:
+            mode = target.stat().st_mode
+        except OSError:
+            continue  # missing: ONNX Runtime says so
+        if not stat.S_ISREG(mode):  # ONNX Runtime would block on a FIFO or read a device forever
+            raise ModelError(f"{path}'s external data {location!r} is not a regular file ({kind(mode)}); refusing to load it")
+
+
+def _read(path: Path) -> bytes:
+    """The model file's bytes: a regular file within protobuf's 2 GiB limit."""
+    try:
+        return read_regular(path, MAX_MODEL_SIZE)
+    except OSError as exc:
+        raise ModelError(f"cannot read model {printable(path)}: {reason(exc)}") from None
 
 
 def _message(value: object) -> memoryview:

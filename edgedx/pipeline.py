@@ -222,10 +222,10 @@ class Pipeline:
 
     def records(self, batch: _Batch) -> Iterator[Result]:
         """One result per item of a finished batch, in order; each is written to the audit trail."""
-        predictions: Iterator[postprocess.Prediction] = iter(())
+        predictions: Iterator[postprocess.Prediction | None] = iter(())
         if batch.raw is not None:
-            probs = postprocess.probabilities(batch.raw, self.manifest)
-            predictions = iter(postprocess.decide(probs, self.manifest, self.config.threshold))
+            run = sum(it.error is None and it.rejected is None for it in batch.items)
+            predictions = iter(postprocess.answers(batch.raw, self.manifest, self.config.threshold, batch=run))
         facts = self.facts
         for it in batch.items:
             if it.error is not None:
@@ -234,8 +234,10 @@ class Pipeline:
                 result = results.rejected(it.path, it.frame, str(it.rejected), facts)
             elif batch.error is not None:
                 result = results.error(it.path, it.frame, batch.error, facts)
+            elif (prediction := next(predictions)) is None:  # NaN/inf from the model: never a decision
+                result = results.error(it.path, it.frame, postprocess.NON_FINITE, facts)
             else:
-                result = results.ok(it.path, it.frame, next(predictions), facts)
+                result = results.ok(it.path, it.frame, prediction, facts)
             if self.audit is not None:
                 self.audit.write(result, it.sha256)
             yield result
@@ -288,7 +290,7 @@ class Pipeline:
         path = str(source)
         sha = None
         try:
-            data = decode.read_file(path)  # regular files only; one read serves the hash and the decoder
+            data = decode.read_file(path, self.config.decode_options.max_file_size)  # regular files, size-checked first
             sha = hashlib.sha256(data).hexdigest() if hashing else None
             frames = decode.decode_bytes(data, self.config.decode_options)
         except EdgedxError as exc:

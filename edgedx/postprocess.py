@@ -40,21 +40,69 @@ def check_output(manifest: Manifest, width: int) -> None:
         raise ModelError(f"the model outputs {width} values but the manifest has {n} labels {list(manifest.labels)}")
 
 
+#: The error of an input whose model output is NaN or infinite: never a decision (a NaN compares
+#: false with every threshold, which would read as a negative screen).
+NON_FINITE = "the model's output for this input is NaN or infinite: no answer (a broken model, or an input it cannot handle)"
+
+
 def probabilities(raw: np.ndarray, manifest: Manifest) -> np.ndarray:
-    """(N, K) raw outputs -> (N, len(labels)) scores in label order."""
+    """(N, K) raw outputs -> (N, len(labels)) scores in label order.
+
+    Raises:
+        ModelError: the output has the wrong width for the labels, or holds NaN or infinity.
+    """
+    raw = _rows(raw, manifest)
+    if not np.isfinite(raw).all():
+        raise ModelError("the model's output holds NaN or infinite values: the model or its conversion is broken")
+    return _activate(raw, manifest)
+
+
+def answers(raw: np.ndarray, manifest: Manifest, threshold: float | None = None, *, batch: int | None = None) -> list[Prediction | None]:
+    """One :class:`Prediction` per row of raw outputs, or None for a row that is not finite
+    (that input gets the error :data:`NON_FINITE`; the other rows are answered as usual).
+
+    Args:
+        batch: the number of images run, when known: the output must have one row for each.
+
+    Raises:
+        ModelError: the output's width does not fit the labels, or its rows the batch (every
+            answer would be wrong).
+    """
+    raw = _rows(raw, manifest, batch)
+    finite = np.isfinite(raw).all(axis=1)
+    good = iter(decide(_activate(raw[finite], manifest), manifest, threshold))
+    return [next(good) if ok else None for ok in finite]
+
+
+def _rows(raw: np.ndarray, manifest: Manifest, batch: int | None = None) -> np.ndarray:
+    """Raw outputs as float64 (N, K), K checked against the labels (a dynamic output width is only
+    known now) and N against the batch."""
+    raw = np.asarray(raw)
+    if raw.ndim == 0 or raw.shape[0] == 0 or (batch is not None and raw.shape[0] != batch):
+        raise ModelError(
+            f"the model's output has shape {raw.shape}"
+            + (f" for a batch of {batch}" if batch is not None else "")
+            + ": expected one row of scores per image"
+        )
     raw = np.asarray(raw, np.float64).reshape(raw.shape[0], -1)
-    if manifest.activation is Activation.SOFTMAX:
-        z = raw - raw.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(axis=1, keepdims=True)
-    if manifest.activation is Activation.SIGMOID:
-        p = 1.0 / (1.0 + np.exp(-raw))
-        if p.shape[1] == 1 and len(manifest.labels) == 2:
-            pos = manifest.positive_index if manifest.positive_index is not None else 1
-            out = np.empty((p.shape[0], 2))
-            out[:, pos], out[:, 1 - pos] = p[:, 0], 1.0 - p[:, 0]
-            return out
-        return p
+    check_output(manifest, raw.shape[1])
+    return raw
+
+
+def _activate(raw: np.ndarray, manifest: Manifest) -> np.ndarray:
+    with np.errstate(over="ignore", under="ignore"):  # exp overflow is exact here: p = 0 or 1
+        if manifest.activation is Activation.SOFTMAX:
+            z = raw - raw.max(axis=1, keepdims=True)
+            e = np.exp(z)
+            return e / e.sum(axis=1, keepdims=True)
+        if manifest.activation is Activation.SIGMOID:
+            p = 1.0 / (1.0 + np.exp(-raw))
+            if p.shape[1] == 1 and len(manifest.labels) == 2:
+                pos = manifest.positive_index if manifest.positive_index is not None else 1
+                out = np.empty((p.shape[0], 2))
+                out[:, pos], out[:, 1 - pos] = p[:, 0], 1.0 - p[:, 0]
+                return out
+            return p
     return raw
 
 

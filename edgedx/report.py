@@ -7,6 +7,7 @@ import json
 from typing import IO, Any, Protocol
 
 from edgedx.results import Result
+from edgedx.text import printable
 
 FORMATS = ("table", "json", "csv")
 
@@ -69,18 +70,22 @@ class TableWriter:
 
     def close(self) -> None:
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
+
+        def cell(text: str) -> str:  # file names and messages: no raw newlines, escapes or markup
+            return escape(printable(text, 1000))
 
         table = Table(show_lines=False)
         for col in ("file", "result", "score", "details"):
             table.add_column(col, overflow="fold")
         for r in self.rows:
-            name = (r.path or "<array>") + (f" [frame {r.frame}]" if r.frame is not None else "")
+            name = cell((r.path or "<array>") + (f" [frame {r.frame}]" if r.frame is not None else ""))
             if r.status == "error":
-                table.add_row(name, "[red]error[/red]", "", r.error or "")
+                table.add_row(name, "[red]error[/red]", "", cell(r.error or ""))
                 continue
             if r.status == "rejected":
-                table.add_row(name, "[yellow]rejected[/yellow]", "", r.reason or "")
+                table.add_row(name, "[yellow]rejected[/yellow]", "", cell(r.reason or ""))
                 continue
             details = ""
             if self.top_k:
@@ -88,13 +93,13 @@ class TableWriter:
                 details = ", ".join(f"{k} {v:.3f}" for k, v in ranked)
             elif r.threshold is not None:
                 details = f"threshold {r.threshold:.3f}"
-            table.add_row(name, r.label or "", f"{r.score:.3f}", details)
+            table.add_row(name, cell(r.label or ""), f"{r.score:.3f}", cell(details))
         console = Console(file=self.stream, width=None if self.stream.isatty() else 160, highlight=False)
         console.print(table)
         if self.rows:
             r = self.rows[0]
             note = f"model {r.model} on {r.backend}" + (f" ({r.backend_note})" if r.backend_note else "")
-            console.print(note, style="dim")
+            console.print(cell(note), style="dim")
         self.stream.flush()
 
 

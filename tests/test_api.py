@@ -101,8 +101,10 @@ def test_unknown_backend_is_a_usage_error(model):
 def test_closed_classifier_refuses_work(model):
     clf = Classifier(model)
     clf.close()
-    with pytest.raises(UsageError, match="closed"):  # a programming error, not a bad input: no record
+    with pytest.raises(UsageError, match="closed"):  # an error record would look like a bad input
         clf.classify(frame(8, 8))
+    with pytest.raises(UsageError, match="closed"):
+        list(clf.classify_many([frame(8, 8)]))
 
 
 def test_one_thread_classifies_while_another_decodes(model, xray_files):

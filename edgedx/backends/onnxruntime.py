@@ -16,6 +16,8 @@ from edgedx.errors import BackendUnavailable, ModelError, first_line
 log = logging.getLogger("edgedx")
 
 _DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64", "tensor(uint8)": "uint8"}
+#: Input element types edgedx can feed (the batch is float32, cast to the model's type).
+_IMAGE_DTYPES = frozenset({"float32", "float16", "float64", "uint8"})
 _CPU = "CPUExecutionProvider"
 _CUDA = "CUDAExecutionProvider"
 
@@ -63,6 +65,13 @@ class OnnxRuntimeSession(Session):
         self.outputs = [_spec(x) for x in self._sess.get_outputs()]
         if len(self.inputs) != 1:
             raise ModelError(f"{self.model_path.name} has {len(self.inputs)} inputs; edgedx serves single-input image models")
+        if not self.outputs:
+            raise ModelError(f"{self.model_path.name} has no outputs: nothing to read scores from")
+        if self.inputs[0].dtype not in _IMAGE_DTYPES:
+            raise ModelError(
+                f"{self.model_path.name}'s input {self.inputs[0].name} is {self.inputs[0].dtype}; "
+                f"edgedx feeds images as {', '.join(sorted(_IMAGE_DTYPES))}"
+            )
         self._input_name = self.inputs[0].name
         self._input_dtype = np.dtype(self.inputs[0].dtype)
         self._output_names = [self.outputs[0].name]

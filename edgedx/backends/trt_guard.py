@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from edgedx.errors import ModelError, file_sha256
+from edgedx.files import read_regular
+from edgedx.limits import MAX_MANIFEST_SIZE
 
 #: Hardware-compatible engines (AMPERE_PLUS) run on compute capability 8.0 and newer.
 HARDWARE_COMPATIBLE_MIN_MAJOR = 8
@@ -128,7 +130,7 @@ def read_sidecar(path: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = json.loads(read_regular(path, MAX_MANIFEST_SIZE).decode("utf-8"))  # no FIFO, no /dev/zero
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise EngineGuardError(f"cannot read engine sidecar {path.name}: {exc}") from None
     return data if isinstance(data, dict) else {}

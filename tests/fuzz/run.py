@@ -40,6 +40,8 @@ TARGETS = {
     "dicom": "tests.fuzz.fuzz_dicom",
     "manifest": "tests.fuzz.fuzz_manifest",
     "onnx": "tests.fuzz.fuzz_onnx",
+    "jpeg": "tests.fuzz.fuzz_jpeg",
+    "cli": "tests.fuzz.fuzz_cli",
 }
 #: Libraries whose Python code atheris instruments for coverage.
 _INSTRUMENT = ["edgedx", "pydicom", "tests.fuzz"]

@@ -127,3 +127,32 @@ def test_metadata_key_that_is_a_number_allocates_nothing(tmp_path: Path) -> None
     huge = bytes([0x80] * 8 + [0x40])  # varint 2**62: bytes(2**62) raises OverflowError; 2**31 would allocate 2 GB
     with pytest.raises(ModelError):
         read_metadata(_onnx_with_entry(bytes([1 << 3 | 0]) + huge + bytes([2 << 3 | 2, 0]), tmp_path))
+
+
+@pytest.mark.parametrize("name, count", [("jpeg", 200), ("cli", 25)])
+def test_new_targets_smoke(name: str, count: int) -> None:
+    """The issue-12 targets: strict JPEG (vs OpenCV) and the command line with the model loader."""
+    import importlib
+
+    module = importlib.import_module(f"tests.fuzz.fuzz_{name}")
+    rng = random.Random(f"smoke-{name}")
+    seeds = [s for s in module.seeds() if s]
+    findings = []
+    for data in seeds + [mutate(rng.choice(seeds), rng, seeds, 1 << 16) for _ in range(count)]:
+        try:
+            module.one_input(data)
+        except Finding as exc:
+            findings.append(f"{signature(exc)}: {exc}")
+    assert findings == []
+
+
+def test_jpeg_seeds_include_corrupted_scans_that_decode_as_errors() -> None:
+    from edgedx.decode import decode_bytes
+    from edgedx.errors import InputError
+    from tests.fuzz.fuzz_jpeg import corrupted_scans, valid_jpegs
+
+    good = valid_jpegs()[0]
+    decode_bytes(good)
+    for bad in corrupted_scans(good, 0):
+        with pytest.raises(InputError, match="corrupt or truncated JPEG data"):
+            decode_bytes(bad)

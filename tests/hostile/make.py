@@ -151,6 +151,45 @@ def dicom_truncated_pixel_element() -> bytes:
     return data[: len(data) - 64 * 64]
 
 
+def dicom_jpeg(frame_bytes: bytes, pixels: np.ndarray) -> bytes:
+    """A JPEG-baseline DICOM holding ``frame_bytes`` as its one frame (decoded without the extra)."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    ds = dataset(pixels)
+    ds.PixelData = encapsulate([frame_bytes])
+    ds["PixelData"].VR = "OB"
+    return dicom_bytes(ds, JPEGBaseline8Bit)
+
+
+def dicom_modality_lut_12bit(pixels: np.ndarray) -> bytes:
+    """A valid 12-bit Modality LUT (pydicom's own apply_modality_lut raises TypeError on it)."""
+    from pydicom.dataelem import DataElement
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = dataset(pixels.astype(np.uint16) * 16, BitsStored=12, HighBit=11)
+    for key in ("RescaleSlope", "RescaleIntercept"):
+        if key in ds:
+            del ds[key]
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 12]
+    item.add(DataElement(0x00283006, "US", list(range(4095, -1, -1))))
+    ds.ModalityLUTSequence = Sequence([item])
+    return dicom_bytes(ds)
+
+
+def twelve_bit_jpeg() -> bytes | None:
+    """A valid 12-bit JPEG (the frame of pydicom's JPEG-lossy.dcm), or None where pydicom lacks it."""
+    import pydicom
+    from pydicom.encaps import get_frame
+
+    path = Path(pydicom.__file__).parent / "data" / "test_files" / "JPEG-lossy.dcm"
+    if not path.exists():
+        return None
+    return get_frame(pydicom.dcmread(path).PixelData, 0, number_of_frames=1)
+
+
 def _random(n: int, seed: int) -> bytes:
     return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
 
@@ -198,6 +237,9 @@ def build(root: Path) -> Corpus:
     add(b"scan_\xff\xfe.png", png, "ok")  # not UTF-8: reaches Python as surrogate escapes
     add("deeper/nested/ok.jpg", jpeg, "ok")
     add("one_pixel.png", _cv(".png", np.full((1, 1), 128, np.uint8)), "rejected", "constant_image")
+    add("dicom_jpeg_baseline.dcm", dicom_jpeg(_cv(".jpg", gray), gray), "ok")  # no [dicom] extra needed
+    add("dicom_mlut_12bit.dcm", dicom_modality_lut_12bit(gray), "ok")
+    add(b"new\nline\x1b[31m.png", png, "ok")  # a newline and a terminal escape in the name
 
     # Broken or hostile content: one error record each, with a one-line message.
     add("empty.png", b"", "error", "empty file")
@@ -254,6 +296,20 @@ def build(root: Path) -> Corpus:
     )
     add("dicom_hsv.dcm", dicom_bytes(dataset(rgb, "HSV")), "error", "photometric interpretation HSV")
 
+    # Corrupt JPEG scans after valid headers (issue 12): libjpeg only warns; each must be an error.
+    from tests.fuzz.fuzz_jpeg import corrupted_scans
+
+    for how, bad in zip(("zeros", "random", "half_zeros", "truncated", "extra_bytes"), corrupted_scans(jpeg, 7), strict=True):
+        add(f"jpeg_scan_{how}.jpg", bad, "error", "corrupt or truncated JPEG data")
+    gray_jpeg = _cv(".jpg", gray)
+    add("dicom_jpeg_scan_zeros.dcm", dicom_jpeg(corrupted_scans(gray_jpeg, 8)[0], gray), "error", "DICOM frame 0: corrupt")
+    add("dicom_jpeg_scan_random.dcm", dicom_jpeg(corrupted_scans(gray_jpeg, 9)[1], gray), "error", "DICOM frame 0: corrupt")
+    twelve = twelve_bit_jpeg()
+    if twelve is None:
+        skipped["jpeg_12bit.jpg"] = "pydicom's test files are not installed"
+    else:
+        add("jpeg_12bit.jpg", twelve, "error", "12-bit JPEG is not supported")
+
     # Hostile file-system objects.
     _special(root, cases, skipped)
     return Corpus(root, cases, skipped)
@@ -267,6 +323,11 @@ def _special(root: Path, cases: list[Case], skipped: dict[str, str]) -> None:
     (root / "deeper" / "up").symlink_to("..", target_is_directory=True)  # a directory loop: not followed
     (root / "dangling.jpg").symlink_to("does-not-exist.jpg")
     cases.append(Case(root / "dangling.jpg", "error", "No such file"))
+    big = root / "big_sparse.jpeg"  # 300 MiB that take no disk: refused by size, before any read
+    with open(big, "wb") as f:
+        f.write(b"\xff\xd8\xff")
+        f.truncate(300 << 20)
+    cases.append(Case(big, "error", "file too large: 314,572,800 bytes"))
     (root / "zeros.png").symlink_to("/dev/zero")  # endless: must be refused, not read
     cases.append(Case(root / "zeros.png", "error", "not a regular file"))
     if hasattr(os, "mkfifo"):
@@ -281,6 +342,55 @@ def _special(root: Path, cases: list[Case], skipped: dict[str, str]) -> None:
         locked.unlink()
     else:
         cases.append(Case(locked, "error", "Permission denied"))
+
+
+@dataclass(frozen=True)
+class ModelCase:
+    """A hostile or broken model: what ``edgedx classify`` must exit with, and the line it prints
+    (for ``exit_code`` 1, the error every record must carry)."""
+
+    path: Path
+    exit_code: int
+    message: str
+
+
+def build_models(root: Path) -> list[ModelCase]:
+    """Hostile model folders and broken graphs under ``root`` (issue 12, items 2, 5 and 6)."""
+    import json
+
+    from tests import bad_models
+    from tests.factories import manifest_dict, tiny_cnn
+
+    root.mkdir(parents=True, exist_ok=True)
+    good = tiny_cnn(root / "good.onnx", manifest=manifest_dict())
+    cases = []
+
+    def folder(name: str, make) -> Path:  # the good model, with a hostile sidecar beside it
+        (root / name).mkdir()
+        model = root / name / "m.onnx"
+        model.write_bytes(good.read_bytes())
+        make(root / name / "m.onnx.json")
+        return model
+
+    cases.append(ModelCase(folder("sidecar_fifo", os.mkfifo), 4, "m.onnx.json: not a regular file \\(a FIFO\\)"))
+    cases.append(ModelCase(folder("sidecar_dev_zero", lambda p: p.symlink_to("/dev/zero")), 4, "not a regular file \\(a device\\)"))
+    cases.append(ModelCase(
+        folder("sidecar_huge", lambda p: p.write_text(json.dumps(manifest_dict()) + " " * (2 << 20))), 4, "file too large",
+    ))  # fmt: skip
+    cases.append(ModelCase(folder("sidecar_dangling", lambda p: p.symlink_to("nowhere.json")), 4, "No such file"))
+    cases.append(ModelCase(folder("sidecar_directory", lambda p: p.mkdir()), 4, "not a regular file \\(a directory\\)"))
+    cases.append(ModelCase(folder("sidecar_nested", lambda p: p.write_text("[" * 100_000)), 4, "nested too deeply"))
+    cases.append(ModelCase(bad_models.no_outputs(root / "no_outputs.onnx"), 4, "has no outputs"))
+    cases.append(ModelCase(bad_models.int64_input(root / "int64_input.onnx"), 4, "is tensor\\(int64\\)"))
+    cases.append(ModelCase(bad_models.single_column(root / "one_column.onnx"), 4, "one output with softmax"))
+    cases.append(ModelCase(bad_models.ignores_batch(root / "ignores_batch.onnx"), 4, "expected one row of scores per image"))
+    cases.append(ModelCase(bad_models.scaled(root / "nan.onnx", float("nan")), 1, "NaN or infinite: no answer"))
+    cases.append(ModelCase(bad_models.scaled(root / "inf.onnx", float("inf")), 1, "NaN or infinite: no answer"))
+    (root / "zero.onnx").symlink_to("/dev/zero")
+    cases.append(ModelCase(root / "zero.onnx", 4, "model not found"))
+    os.mkfifo(root / "fifo.onnx")
+    cases.append(ModelCase(root / "fifo.onnx", 4, "model not found"))
+    return cases
 
 
 def main(argv: list[str]) -> int:

@@ -1,0 +1,49 @@
+"""Signals for the command line: SIGTERM and Ctrl-C end a run with exit code 130, never a traceback.
+
+Two phases. While Python imports the command line (:func:`install_early`, the first thing the
+``edgedx`` entry point does), nothing has been read or written: a signal ends the process at once
+with one line. Once the command runs (:func:`install_running`), SIGTERM raises KeyboardInterrupt
+like Ctrl-C, so a run stops between records, closes its files and prints its summary.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+EXIT_INTERRUPTED = 130
+
+
+def install_early() -> None:
+    """SIGTERM and SIGINT end the process at once with 130 and one line (nothing to clean up yet)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_now)
+        signal.signal(signal.SIGINT, _exit_now)
+
+
+def install_running() -> dict[int, object]:
+    """SIGTERM raises KeyboardInterrupt, SIGINT is Python's own; returns the handlers replaced."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    old = {signal.SIGTERM: signal.getsignal(signal.SIGTERM), signal.SIGINT: signal.getsignal(signal.SIGINT)}
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    return old
+
+
+def restore(old: dict[int, object]) -> None:
+    """Put back handlers returned by :func:`install_running`."""
+    for signum, handler in old.items():
+        signal.signal(signum, handler if handler is not None else signal.SIG_DFL)  # type: ignore[arg-type]
+
+
+def _exit_now(signum: int, frame: object) -> None:
+    try:
+        os.write(2, b"edgedx: interrupted\n")
+    finally:
+        os._exit(EXIT_INTERRUPTED)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
