@@ -125,7 +125,7 @@ class Classifier:
             raise UsageError(f"threshold must be in [0, 1], got {threshold}")
         if batch_size < 1:
             raise UsageError(f"batch size must be >= 1, got {batch_size}")
-        self.model_path = Path(model) if model is not None else bundled.default_model(backend)
+        self.model_path = bundled.resolve(model) if model is not None else bundled.default_model(backend)
         if not self.model_path.is_file():
             raise ModelError(f"model not found: {self.model_path}")
         self.requested_backend = backend

@@ -31,3 +31,25 @@ def default_model(backend: str = "auto") -> Path:
         if path.is_file():
             return path
     raise ModelError(f"no bundled default model in {MODELS_DIR}; reinstall edgedx or pass --model")
+
+
+def by_name(name: str) -> Path | None:
+    """The bundled model called ``name`` (``chest_xray_cnn_fp32`` or ``chest_xray_cnn_fp32.onnx``), or None."""
+    if not name or "/" in name or "\\" in name or name in (".", ".."):
+        return None
+    for candidate in (MODELS_DIR / name, MODELS_DIR / f"{name}.onnx"):
+        if candidate.suffix == ".onnx" and candidate.is_file():
+            return candidate
+    return None
+
+
+def resolve(model: str | Path) -> Path:
+    """``model`` as a path; a bundled model's name when no such file exists here.
+
+    An existing file always wins over a bundled name, so ``./chest_xray_cnn_int8.onnx`` of your own
+    is never swapped for the packaged one.
+    """
+    path = Path(model)
+    if path.exists():
+        return path
+    return by_name(str(model)) or path

@@ -16,14 +16,16 @@ from typing import List, Optional
 import typer
 
 from edgedx.errors import EXIT_INPUT_FAILED, EXIT_OK, EdgedxError, UsageError
+from edgedx.progress import RunProgress
 
 app = typer.Typer(
-    help="Edge inference for medical-image screening: classify scans, inspect and benchmark models.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 log = logging.getLogger("edgedx")
+#: Verbosity from the command line: ``--log-level`` (None: not given) and the count of ``-v``.
+_LOG_LEVEL: dict[str, int | None] = {"level": None, "verbose": 0}
 
 
 class Backend(str, Enum):
@@ -38,7 +40,14 @@ class Format(str, Enum):
     csv = "csv"
 
 
-ModelOpt = typer.Option(None, "--model", "-m", help="ONNX model or TensorRT engine (default: the bundled screening model).")
+def model_name(value: Optional[Path]) -> Optional[Path]:
+    """typer callback: a bundled model's name (``chest_xray_cnn_fp32``) -> its path; files win over names."""
+    from edgedx import bundled
+
+    return None if value is None else bundled.resolve(value)
+
+
+ModelOpt = typer.Option(None, "--model", "-m", callback=model_name, help="ONNX model, TensorRT engine, or a bundled model's name (see `edgedx models`; default: the bundled screening model).")
 BackendOpt = typer.Option(Backend.auto, "--backend", "-b", help="auto picks TensorRT for .engine/.plan/.trt files, ONNX Runtime otherwise.")
 
 
@@ -55,6 +64,48 @@ def _session_options(threads: int | None, cuda_graph: bool, trust_engine: bool):
     from edgedx.backends import SessionOptions
 
     return SessionOptions(threads=threads, cuda_graph=cuda_graph, trust_engine=trust_engine)
+
+
+class LogLevel(str, Enum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from edgedx import machine
+
+        found = machine.versions()
+        print(f"edgedx {found['edgedx']}")
+        print(", ".join(f"{k} {found[k]}" for k in machine.RUNTIME_KEYS if k != "edgedx" and found.get(k)))
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _global_options(
+    ctx: typer.Context,
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the versions of edgedx and its runtime libraries, and exit."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log output on stderr: -v info, -vv debug."),
+    log_level: Optional[LogLevel] = typer.Option(None, "--log-level", help="Log level on stderr (overrides -v and -q)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Settings for classify and bench (default: ./edgedx.toml or $EDGEDX_CONFIG); see `edgedx info --config`."),
+) -> None:
+    """Edge inference for medical-image screening: classify scans, inspect and benchmark models.
+
+    Examples:
+
+        edgedx classify scans/ --json > results.ndjson
+        edgedx -v bench --compare chest_xray_cnn_fp32 chest_xray_cnn_int8 --images labelled/
+        edgedx --version
+    """
+    _LOG_LEVEL["level"] = getattr(logging, log_level.value.upper()) if log_level else None
+    _LOG_LEVEL["verbose"] = verbose
+    ctx.obj = {"config": config}
+    from edgedx import config as config_mod
+
+    if ctx.invoked_subcommand in config_mod.COMMANDS:
+        ctx.default_map = config_mod.load(config).default_map()
 
 
 @app.command()
@@ -117,35 +168,30 @@ def classify(
         session_options=_session_options(threads, not no_cuda_graph, trust_engine),
         overrides=overrides,
     )
-    counts = {"ok": 0, "rejected": 0, "error": 0}
+    progress = RunProgress(len(files), quiet=quiet, output=output)
     stream = open(output, "w", encoding="utf-8", errors="backslashreplace") if output else sys.stdout
-    interrupted = False
     try:
         writer = report.make_writer(fmt.value, stream, clf.manifest.labels, top_k)
-        with clf, _progress(len(files), quiet) as advance, _stop_on_sigterm():
+        with clf, progress, _stop_on_sigterm():
             try:
                 for result in clf.classify_many(files):
-                    counts[result.status] += 1
                     writer.write(result)
-                    advance()
+                    progress.advance(result.status)
             except KeyboardInterrupt:
-                interrupted = True
+                progress.interrupted = True
         writer.close()
     finally:
         if output:
             stream.close()
-    done = sum(counts.values())
-    if interrupted or counts["error"] or counts["rejected"]:
-        summary = f"{done} answers for {len(files)} inputs: {counts['ok']} ok, {counts['rejected']} rejected, {counts['error']} failed"
-        log.warning("%s%s", "interrupted after " if interrupted else "", summary)
-    if interrupted:
+    progress.print_summary()
+    if progress.interrupted:
         raise typer.Exit(130)
-    raise typer.Exit(EXIT_INPUT_FAILED if counts["error"] else EXIT_OK)
+    raise typer.Exit(EXIT_INPUT_FAILED if progress.counts["error"] else EXIT_OK)
 
 
 @app.command()
 def info(
-    model: Optional[Path] = typer.Argument(None, help="ONNX model or TensorRT engine (default: the bundled model)."),
+    model: Optional[Path] = typer.Argument(None, callback=model_name, help="ONNX model, TensorRT engine or bundled model name (default: the bundled model)."),
     backend: Backend = BackendOpt,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
@@ -276,7 +322,11 @@ def log_to_stderr(quiet: bool = False) -> None:
     handler.setFormatter(logging.Formatter("edgedx: %(levelname)s: %(message)s"))
     handler._edgedx_cli = True  # type: ignore[attr-defined]
     log.addHandler(handler)
-    log.setLevel(logging.ERROR if quiet else logging.WARNING)
+    verbose = _LOG_LEVEL["verbose"] or 0
+    level = _LOG_LEVEL["level"]
+    if level is None:
+        level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    log.setLevel(level)
     log.propagate = False
 
 
@@ -300,29 +350,6 @@ class _stop_on_sigterm:
             import signal
 
             signal.signal(signal.SIGTERM, self._old)
-
-
-class _progress:
-    """A progress bar on stderr for long runs when stderr is a terminal; a no-op otherwise."""
-
-    def __init__(self, total: int, quiet: bool) -> None:
-        self.enabled = not quiet and total >= 20 and sys.stderr.isatty()
-        self.total = total
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda: None
-        from rich.progress import Progress
-
-        self._p = Progress(transient=True, console=None)
-        self._p.console.file = sys.stderr
-        self._p.start()
-        task = self._p.add_task("classifying", total=self.total)
-        return lambda: self._p.advance(task)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self._p.stop()
 
 
 def _usage_error_types() -> tuple[type[Exception], ...]:
