@@ -37,8 +37,8 @@ Source = Union[str, Path, np.ndarray]
 class Result:
     """One record per input (per frame for multi-frame DICOM with ``all_frames``).
 
-    ``status`` is ``ok``, ``rejected`` (the input gate abstained: ``reason`` holds
-    ``code: detail``) or ``error`` (``error`` holds the message); only ``ok`` records have a label.
+    ``status`` is ``ok``, ``rejected`` (the input gate abstained: ``reason_code`` holds the stable
+    code, ``reason`` the detail) or ``error`` (``error`` holds the message); only ``ok`` records have a label.
     ``backend_note`` says why this backend ran when ``auto`` had to fall back.
     """
 
@@ -48,6 +48,7 @@ class Result:
     scores: dict[str, float] | None = None
     error: str | None = None
     status: str = "ok"
+    reason_code: str | None = None
     reason: str | None = None
     model: str = ""
     backend: str = ""
@@ -411,7 +412,7 @@ class Classifier:
         if item.error is not None:
             return Result(error=item.error, status="error", **common)
         if item.rejected is not None:
-            return Result(status="rejected", reason=str(item.rejected), **common)
+            return Result(status="rejected", reason_code=item.rejected.code, reason=item.rejected.detail, **common)
         return Result(label=pred.label, score=pred.score, scores=pred.scores, threshold=pred.threshold, positive=pred.positive, **common)
 
 

@@ -54,6 +54,7 @@ class AuditLog:
             "backend_ran": result.backend,
             "backend_note": result.backend_note,
             "status": result.status,
+            "reason_code": result.reason_code,
             "reason": result.reason,
             "error": result.error,
             "scores": result.scores,

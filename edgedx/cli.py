@@ -194,12 +194,28 @@ def info(
     model: Optional[Path] = typer.Argument(None, callback=model_name, help="ONNX model, TensorRT engine or bundled model name (default: the bundled model)."),
     backend: Backend = BackendOpt,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    versions: bool = typer.Option(False, "--versions", help="Instead: every runtime library, CUDA driver/runtime, ONNX Runtime providers, backends here."),
+    show_config: bool = typer.Option(False, "--config", help="Instead: the settings classify and bench get from edgedx.toml and EDGEDX_* variables."),
 ) -> None:
-    """Show a model's manifest, inputs and outputs, file hash, and which backends can run it here."""
+    """Show a model's manifest, inputs and outputs, file hash, and which backends can run it here.
+
+    Examples:
+
+        edgedx info chest_xray_cnn_int8
+        edgedx info --versions
+        EDGEDX_BATCH_SIZE=16 edgedx info --config
+    """
     from edgedx import api
     from edgedx.backends import available_backends
 
     log_to_stderr(False)
+    if versions or show_config:
+        from edgedx import info_views
+
+        root = click_root()
+        text, data = info_views.versions() if versions else info_views.settings(root.obj and root.obj.get("config"), root.command)
+        print(json.dumps(data, indent=2) if as_json else text)
+        return
     with api.Classifier(model, backend.value) as clf:
         data = clf.info()
     data["backends_here"] = {k: (v or "available") for k, v in available_backends().items()}
@@ -278,27 +294,33 @@ def bench(
 
 @app.command()
 def models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """List the bundled models with their precision, input and labels."""
-    from edgedx import bundled, manifest
+    """List the bundled models: name (for --model NAME), precision, input, labels, decision threshold
+    and the validation metrics recorded in each manifest. The default model is marked with *.
 
-    rows = []
-    for path in bundled.bundled_models():
-        m = manifest.load(path)
-        p = m.preprocess if m else None
-        rows.append({
-            "name": path.name,
-            "path": str(path),
-            "precision": m.precision if m else None,
-            "input": f"{p.channels}x{p.height}x{p.width} {p.layout.value}" if p else None,
-            "labels": list(m.labels) if m else None,
-            "default": path == bundled.default_model(),
-        })
+    Examples:
+
+        edgedx models
+        edgedx models --json | jq '.[].name'
+        edgedx classify scans/ --model chest_xray_cnn_fp32
+    """
+    from edgedx import bundled, tables
+
+    rows = bundled.catalog()
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    for r in rows:
-        mark = "*" if r["default"] else " "
-        print(f"{mark} {r['name']:32} {r['precision'] or '?':5} {r['input'] or '?':16} {', '.join(r['labels'] or [])}")
+    header = ["name", "precision", "input", "labels", "threshold", *(f"val {k}" for k in bundled.VALIDATION_KEYS)]
+    body = [[("* " if r["default"] else "  ") + r["name"], r["precision"], r["input"], ", ".join(r["labels"] or []),
+             r["threshold"], *(r["validation"].get(k) for k in bundled.VALIDATION_KEYS)] for r in rows]
+    header[0] = "  name"
+    print(tables.text_table(header, body, right=[False] * 4 + [True] * 6))
+
+
+def click_root():
+    """The root click context of the running command (global options live in its ``obj``)."""
+    import click
+
+    return click.get_current_context().find_root()
 
 
 def _mount_export() -> None:

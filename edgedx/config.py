@@ -177,3 +177,21 @@ def _apply(settings: Settings, items: Mapping[str, Any], command: str | None, so
                 raise UsageError(f"{where(raw_key)}: `edgedx {cmd}` has no such option")
             settings.values[cmd][key] = value
             settings.sources[cmd][key] = source
+
+
+def effective(settings: Settings, defaults: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per command and key: the value a run gets without that option on its command line, and its source.
+
+    Args:
+        settings: from :func:`load`.
+        defaults: the commands' own defaults, ``defaults[command][key]``.
+    """
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for cmd, keys in COMMANDS.items():
+        out[cmd] = {}
+        for key in keys:
+            if key in settings.values.get(cmd, {}):
+                out[cmd][key] = {"value": settings.values[cmd][key], "source": settings.sources[cmd][key]}
+            else:
+                out[cmd][key] = {"value": defaults.get(cmd, {}).get(key), "source": "default"}
+    return out

@@ -172,3 +172,21 @@ def header_lines(facts: dict[str, Any]) -> list[str]:
 
 #: The libraries a support request needs (``edgedx --version``, machine headers).
 RUNTIME_KEYS = ("edgedx", "python", "numpy", "opencv", "onnxruntime", "openvino", "tensorrt", "tensorrt-lean", "tensorrt-rtx", "cuda-python")
+
+
+def runtime_report() -> dict[str, Any]:
+    """``edgedx info --versions``: every library, CUDA driver/runtime, ONNX Runtime's providers and
+    which backends can run here. Imports onnxruntime and a CUDA binding; call it only for that."""
+    from edgedx.backends import available_backends
+
+    out: dict[str, Any] = {"versions": versions(), "cuda": cuda_versions(), "gpu": gpu_name()}
+    try:
+        import onnxruntime
+
+        out["onnxruntime_providers"] = list(onnxruntime.get_available_providers())
+    except Exception:  # noqa: BLE001 - absent or broken
+        out["onnxruntime_providers"] = None
+    out["backends"] = {k: (v or "available") for k, v in available_backends().items()}
+    out["cpu"] = cpu_info()
+    out["platform"] = platform.platform()
+    return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from typing import IO, Any, Protocol
 
@@ -40,18 +41,48 @@ class JsonLinesWriter:
         self.stream.flush()
 
 
+#: The columns every CSV starts with; ``score_<label>`` columns follow ``score``.
+CSV_FIRST = ("path", "frame", "status", "label", "score")
+
+
+def csv_columns(labels: tuple[str, ...]) -> list[str]:
+    """Every scalar key of the JSON record, as columns: the first few, one score per label, then the
+    other scalar fields of :class:`Result` in their order (a field added to ``Result`` becomes a
+    column by itself; dict and list fields such as ``scores`` do not)."""
+    scalar = [f.name for f in dataclasses.fields(Result) if not _is_container(f.type)]
+    rest = [name for name in scalar if name not in CSV_FIRST]
+    return [*CSV_FIRST, *(f"score_{x}" for x in labels), *rest]
+
+
+def _is_container(annotation: Any) -> bool:
+    text = annotation if isinstance(annotation, str) else repr(annotation)
+    return text.replace("typing.", "").lower().startswith(("dict", "list", "tuple", "mapping", "sequence", "set"))
+
+
+def _cell(value: Any) -> Any:
+    """None -> empty, booleans as JSON writes them, everything else as is."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value
+
+
 class CsvWriter:
-    """path, frame, status, label, score, one column per label's score, reason, error, backend, model."""
+    """One row per record: the columns of :func:`csv_columns`; scores with 6 decimals."""
 
     def __init__(self, stream: IO[str], labels: tuple[str, ...]) -> None:
         self.stream, self.labels = stream, labels
+        self.columns = csv_columns(labels)
         self._csv = csv.writer(stream, lineterminator="\n")
-        self._csv.writerow(["path", "frame", "status", "label", "score", *(f"score_{x}" for x in labels), "reason", "error", "backend", "model"])
+        self._csv.writerow(self.columns)
 
     def write(self, r: Result) -> None:
-        scores = [("" if r.scores is None else f"{r.scores.get(x, 0.0):.6f}") for x in self.labels]
-        score = "" if r.score is None else f"{r.score:.6f}"
-        self._csv.writerow([r.path or "", "" if r.frame is None else r.frame, r.status, r.label or "", score, *scores, r.reason or "", r.error or "", r.backend, r.model])
+        row = {k: _cell(v) for k, v in r.to_dict().items() if k in self.columns}
+        row["score"] = "" if r.score is None else f"{r.score:.6f}"
+        for x in self.labels:
+            row[f"score_{x}"] = "" if r.scores is None else f"{r.scores.get(x, 0.0):.6f}"
+        self._csv.writerow([row.get(c, "") for c in self.columns])
         self.stream.flush()
 
     def close(self) -> None:
@@ -69,25 +100,24 @@ class TableWriter:
 
     def close(self) -> None:
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
 
         table = Table(show_lines=False)
-        for col in ("file", "result", "score", "details"):
+        for col in ("file", "result", "score", "decision / details"):
             table.add_column(col, overflow="fold")
         for r in self.rows:
-            name = (r.path or "<array>") + (f" [frame {r.frame}]" if r.frame is not None else "")
+            name = escape((r.path or "<array>") + (f" [frame {r.frame}]" if r.frame is not None else ""))
             if r.status == "error":
-                table.add_row(name, "[red]error[/red]", "", r.error or "")
+                table.add_row(name, "[red]error[/red]", "", escape(r.error or ""))
                 continue
             if r.status == "rejected":
-                table.add_row(name, "[yellow]rejected[/yellow]", "", r.reason or "")
+                table.add_row(name, "[yellow]rejected[/yellow]", "", escape(f"{r.reason_code}: {r.reason}" if r.reason_code else r.reason or ""))
                 continue
-            details = ""
+            details = decision_rule(r)
             if self.top_k:
                 ranked = sorted((r.scores or {}).items(), key=lambda kv: -kv[1])[: self.top_k]
-                details = ", ".join(f"{k} {v:.3f}" for k, v in ranked)
-            elif r.threshold is not None:
-                details = f"threshold {r.threshold:.3f}"
+                details = "; ".join(x for x in (details, "top: " + ", ".join(f"{k} {v:.3f}" for k, v in ranked)) if x)
             table.add_row(name, r.label or "", f"{r.score:.3f}", details)
         console = Console(file=self.stream, width=None if self.stream.isatty() else 160, highlight=False)
         console.print(table)
@@ -96,6 +126,17 @@ class TableWriter:
             note = f"model {r.model} on {r.backend}" + (f" ({r.backend_note})" if r.backend_note else "")
             console.print(note, style="dim")
         self.stream.flush()
+
+
+def decision_rule(r: Result) -> str:
+    """How a binary answer was decided: ``PNEUMONIA if p >= 0.881: p(PNEUMONIA) 0.047 < 0.881``."""
+    if r.threshold is None or r.positive is None or not r.scores:
+        return ""
+    positive = r.label if r.positive else next((k for k in r.scores if k != r.label), None)
+    if positive is None:
+        return f"threshold {r.threshold:.3f}"
+    p = r.scores[positive]
+    return f"{positive} if p >= {r.threshold:.3f}: p({positive}) {p:.3f} {'>=' if r.positive else '<'} {r.threshold:.3f}"
 
 
 def make_writer(fmt: str, stream: IO[str], labels: tuple[str, ...], top_k: int | None = None) -> Writer:
