@@ -129,14 +129,14 @@ class TableWriter:
 
 
 def decision_rule(r: Result) -> str:
-    """How a binary answer was decided: ``PNEUMONIA if p >= 0.881: p(PNEUMONIA) 0.047 < 0.881``."""
+    """How a binary answer was decided: ``PNEUMONIA when p(PNEUMONIA) >= threshold 0.881; here p = 0.047``."""
     if r.threshold is None or r.positive is None or not r.scores:
         return ""
     positive = r.label if r.positive else next((k for k in r.scores if k != r.label), None)
     if positive is None:
         return f"threshold {r.threshold:.3f}"
     p = r.scores[positive]
-    return f"{positive} if p >= {r.threshold:.3f}: p({positive}) {p:.3f} {'>=' if r.positive else '<'} {r.threshold:.3f}"
+    return f"{positive} when p({positive}) >= threshold {r.threshold:.3f}; here p = {p:.3f}"
 
 
 def make_writer(fmt: str, stream: IO[str], labels: tuple[str, ...], top_k: int | None = None) -> Writer:
