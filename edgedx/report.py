@@ -123,20 +123,35 @@ class TableWriter:
         console.print(table)
         if self.rows:
             r = self.rows[0]
+            rule = next((n for n in map(decision_note, self.rows) if n), "")
+            if rule:
+                console.print(escape(rule))
             note = f"model {r.model} on {r.backend}" + (f" ({r.backend_note})" if r.backend_note else "")
-            console.print(note, style="dim")
+            console.print(escape(note), style="dim")
         self.stream.flush()
 
 
-def decision_rule(r: Result) -> str:
-    """How a binary answer was decided: ``PNEUMONIA when p(PNEUMONIA) >= threshold 0.881; here p = 0.047``."""
+def _positive_label(r: Result) -> str | None:
     if r.threshold is None or r.positive is None or not r.scores:
-        return ""
-    positive = r.label if r.positive else next((k for k in r.scores if k != r.label), None)
+        return None
+    return r.label if r.positive else next((k for k in r.scores if k != r.label), None)
+
+
+def decision_rule(r: Result) -> str:
+    """How a binary answer was decided, per row: ``p(PNEUMONIA) 0.047 < 0.881``."""
+    positive = _positive_label(r)
     if positive is None:
-        return f"threshold {r.threshold:.3f}"
-    p = r.scores[positive]
-    return f"{positive} when p({positive}) >= threshold {r.threshold:.3f}; here p = {p:.3f}"
+        return ""
+    return f"p({positive}) {r.scores[positive]:.3f} {'>=' if r.positive else '<'} {r.threshold:.3f}"
+
+
+def decision_note(r: Result) -> str:
+    """The rule itself, once under the table: ``decision: PNEUMONIA when p(PNEUMONIA) >= threshold 0.881, else NORMAL``."""
+    positive = _positive_label(r)
+    if positive is None:
+        return ""
+    negative = next((k for k in r.scores if k != positive), None) if len(r.scores) == 2 else None
+    return f"decision: {positive} when p({positive}) >= threshold {r.threshold:.3f}" + (f", else {negative}" if negative else "")
 
 
 def make_writer(fmt: str, stream: IO[str], labels: tuple[str, ...], top_k: int | None = None) -> Writer:
