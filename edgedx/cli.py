@@ -244,6 +244,11 @@ def info(
 
 @app.command()
 def bench(
+    ctx: typer.Context,
+    artifacts: Optional[List[str]] = typer.Argument(None, help="With --compare: model files or bundled names, each optionally @BACKEND (model.onnx@openvino)."),
+    compare: bool = typer.Option(False, "--compare", help="Compare the ARTIFACTS side by side in one run on the same inputs (one table)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="With --compare: at most N images of --images (evenly spread)."),
+    markdown: bool = typer.Option(False, "--markdown", help="With --compare: print the table as markdown."),
     model: Optional[Path] = ModelOpt,
     engine: Optional[Path] = typer.Option(None, "--engine", "-e", help="A TensorRT engine (same as --model with an engine file)."),
     backend: Backend = BackendOpt,
@@ -257,11 +262,23 @@ def bench(
     no_cuda_graph: bool = typer.Option(False, "--no-cuda-graph"),
     trust_engine: bool = typer.Option(False, "--trust-engine"),
 ) -> None:
-    """Measure latency percentiles and throughput, model-only or end to end (--images)."""
+    """Measure latency percentiles and throughput, model-only or end to end (--images); or compare
+    several artifacts of one model side by side (--compare), with accuracy when DIR holds class folders.
+
+    Examples:
+
+        edgedx bench -m chest_xray_cnn_int8 --iterations 500
+        edgedx bench --compare chest_xray_cnn_fp32 chest_xray_cnn_int8 chest_xray_cnn_int8@openvino --images xrays/ --limit 400
+        edgedx bench --compare fp16.engine int8.engine --images xrays/ --markdown > BENCH.md
+    """
     from edgedx import api
     from edgedx import bench as benchmod
 
     log_to_stderr(as_json)
+    if compare or artifacts:
+        _bench_compare(ctx, artifacts or [], compare, images, limit, batch_size, iterations, warmup, as_json, markdown,
+                       _session_options(threads, not no_cuda_graph, trust_engine))
+        return
     if model and engine:
         raise UsageError("give --model or --engine, not both")
     if iterations is None and duration is None:
@@ -290,6 +307,28 @@ def bench(
     print(f"throughput  {result.throughput_ips:.1f} images/s")
     if result.stages_ms:
         print("stages ms   " + "  ".join(f"{k} {v:.3f}" for k, v in result.stages_ms.items()))
+
+
+def _bench_compare(ctx: typer.Context, artifacts: List[str], compare: bool, images: Optional[Path], limit: Optional[int],
+                   batch_size: int, iterations: Optional[int], warmup: int, as_json: bool, markdown: bool, options: object) -> None:
+    """``bench --compare``: checks the flags, then edgedx.compare measures and renders."""
+    import click
+
+    from edgedx import compare as comparemod
+
+    if not compare:
+        raise UsageError("model files as arguments are compared with --compare (or give one with --model)")
+    given = [f"--{p}" for p in ("model", "engine", "duration") if ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE]
+    if given:
+        raise UsageError(f"--compare takes the artifacts as arguments; {', '.join(given)} does not apply")
+    report = comparemod.compare(artifacts, images, batch_size=batch_size, iterations=iterations or 200, warmup=warmup,
+                                limit=limit, session_options=options)
+    if as_json:
+        print(json.dumps(report, default=str))
+    elif markdown:
+        print(comparemod.render_markdown(report))
+    else:
+        print(comparemod.render_text(report))
 
 
 @app.command()
