@@ -16,6 +16,8 @@ from typing import List, Optional
 import typer
 
 from edgedx.errors import EXIT_INPUT_FAILED, EXIT_OK, EdgedxError, UsageError
+from edgedx.examples import add_examples
+from edgedx.examples import epilog as examples_epilog
 from edgedx.progress import RunProgress
 
 app = typer.Typer(
@@ -198,12 +200,6 @@ def info(
     show_config: bool = typer.Option(False, "--config", help="Instead: the settings classify and bench get from edgedx.toml and EDGEDX_* variables."),
 ) -> None:
     """Show a model's manifest, inputs and outputs, file hash, and which backends can run it here.
-
-    Examples:
-
-        edgedx info chest_xray_cnn_int8
-        edgedx info --versions
-        EDGEDX_BATCH_SIZE=16 edgedx info --config
     """
     from edgedx import api
     from edgedx.backends import available_backends
@@ -264,12 +260,6 @@ def bench(
 ) -> None:
     """Measure latency percentiles and throughput, model-only or end to end (--images); or compare
     several artifacts of one model side by side (--compare), with accuracy when DIR holds class folders.
-
-    Examples:
-
-        edgedx bench -m chest_xray_cnn_int8 --iterations 500
-        edgedx bench --compare chest_xray_cnn_fp32 chest_xray_cnn_int8 chest_xray_cnn_int8@openvino --images xrays/ --limit 400
-        edgedx bench --compare fp16.engine int8.engine --images xrays/ --markdown > BENCH.md
     """
     from edgedx import api
     from edgedx import bench as benchmod
@@ -335,12 +325,6 @@ def _bench_compare(ctx: typer.Context, artifacts: List[str], compare: bool, imag
 def models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List the bundled models: name (for --model NAME), precision, input, labels, decision threshold
     and the validation metrics recorded in each manifest. The default model is marked with *.
-
-    Examples:
-
-        edgedx models
-        edgedx models --json | jq '.[].name'
-        edgedx classify scans/ --model chest_xray_cnn_fp32
     """
     from edgedx import bundled, tables
 
@@ -371,8 +355,9 @@ def _mount_export() -> None:
     from export.engine_cli import engine_command
 
     export_cli.app.command("engine")(engine_command)
+    add_examples(export_cli.app, "export ")
     app.add_typer(export_cli.app, name="export", help="Workstation side: ONNX export, quantization, engines, verification.")
-    app.command("eval")(export_cli.eval_command)
+    app.command("eval", epilog=examples_epilog("eval"))(export_cli.eval_command)
 
 
 def log_to_stderr(quiet: bool = False) -> None:
@@ -436,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     _mount_export()
+    add_examples(app)
     try:
         # Without standalone mode, typer returns a command's Exit code instead of raising it.
         code = app(args=argv, prog_name="edgedx", standalone_mode=False)

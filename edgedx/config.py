@@ -45,6 +45,13 @@ def _number(value: Any) -> float:
     return float(value)
 
 
+def _unit(value: Any) -> float:
+    number = _number(value)
+    if not 0.0 <= number <= 1.0:
+        raise ValueError
+    return number
+
+
 def _integer(value: Any) -> int:
     if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
         raise ValueError
@@ -70,7 +77,7 @@ def _window(value: Any) -> str:
 KEYS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "model": (_text, "a path or a bundled model name"),
     "backend": (_text, "a backend name"),
-    "threshold": (_number, "a number in [0, 1]"),
+    "threshold": (_unit, "a number in [0, 1]"),
     "window": (_window, "CENTER,WIDTH"),
     "batch_size": (_integer, "an integer"),
     "workers": (_integer, "an integer"),
