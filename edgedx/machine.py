@@ -20,6 +20,15 @@ X86_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf1
 #: FP16 arithmetic ``asimdhp``/``fphp``, int8 dot product ``asimddp``, int8 matrix multiply ``i8mm``.
 ARM_FEATURES = ("asimd", "asimdhp", "fphp", "asimddp", "i8mm", "bf16", "sve", "sve2")
 
+#: (implementer, part) from /proc/cpuinfo -> core name, for the aarch64 CPUs edgedx meets most.
+ARM_PARTS = {
+    ("0x41", "0xd07"): "ARM Cortex-A57",  # Jetson Nano, TX1, TX2
+    ("0x4e", "0x004"): "NVIDIA Carmel",  # Jetson Xavier
+    ("0x41", "0xd42"): "ARM Cortex-A78AE",  # Jetson Orin
+    ("0x41", "0xd0c"): "ARM Neoverse-N1",
+    ("0x41", "0xd40"): "ARM Neoverse-V1",
+    ("0x41", "0xd4f"): "ARM Neoverse-V2",  # NVIDIA Grace
+}
 #: Report key -> distributions that provide it (the first installed one wins).
 LIBRARIES: dict[str, tuple[str, ...]] = {
     "edgedx": ("edgedx",),
@@ -92,9 +101,11 @@ def cpu_info(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
     found = set(raw.split())
     arm = "Features" in fields and "flags" not in fields or machine.lower() in ("aarch64", "arm64")
     wanted = ARM_FEATURES if arm else X86_FEATURES
-    model = fields.get("model name") or fields.get("Hardware") or fields.get("Processor") or platform.processor()
+    model = fields.get("model name") or fields.get("Hardware") or fields.get("Processor")
     if not model and "CPU part" in fields:
-        model = f"ARM CPU part {fields['CPU part']}"
+        part = (fields.get("CPU implementer", "").lower(), fields["CPU part"].lower())
+        model = ARM_PARTS.get(part) or f"ARM CPU part {fields['CPU part']}"
+    model = model or platform.processor()
     from edgedx.backends.base import cpu_count
 
     return {
