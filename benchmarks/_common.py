@@ -8,7 +8,6 @@ includes is visible where it is timed.
 from __future__ import annotations
 
 import datetime as dt
-import importlib.metadata
 import json
 import os
 import platform
@@ -20,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from edgedx.backends.base import cpu_count
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
@@ -28,17 +26,6 @@ DEFAULT_IMAGES = DATA / "chest_xray_kermany_224" / "train"
 DEFAULT_DICOM = DATA / "dicom" / "RG1_UNCR.dcm"
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 MANIFEST_KEY = "edgedx.manifest"  # the ONNX metadata entry; read directly so baselines need no edgedx
-FLAGS_OF_INTEREST = (
-    "avx2",
-    "fma",
-    "avx512f",
-    "avx512_vnni",
-    "avx_vnni",
-    "avx512_bf16",
-    "amx_tile",
-    "amx_bf16",
-    "amx_int8",
-)
 
 
 def log(msg: str) -> None:
@@ -96,24 +83,18 @@ def read_norm(model_path: Path) -> dict[str, Any]:
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU model, cores, SIMD flags, library versions, date and load (the noise warning)."""
-    model, flags = None, set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and model is None:
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
-    model = model or platform.processor() or "unknown"
+    """CPU model, cores, SIMD flags (x86-64 ``flags`` or aarch64 ``Features``), library versions,
+    date and load (the noise warning)."""
+    from edgedx import machine
+
+    cpu = machine.cpu_info()
     info: dict[str, Any] = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "cpu": model,
-        "logical_cpus": os.cpu_count(),
-        "usable_cores": cpu_count(),
-        "flags": {f: f in flags for f in FLAGS_OF_INTEREST},
+        "cpu": cpu["model"],
+        "arch": cpu["arch"],
+        "logical_cpus": cpu["logical_cpus"],
+        "usable_cores": cpu["usable_cores"],
+        "flags": cpu["features"],
         "platform": platform.platform(),
         "python": platform.python_version(),
         "versions": versions(),
@@ -130,25 +111,10 @@ def machine_info() -> dict[str, Any]:
 
 
 def versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    names = {
-        "numpy": ("numpy",),
-        "opencv": (
-            "opencv-python-headless",
-            "opencv-python",
-            "opencv-contrib-python",
-            "opencv-contrib-python-headless",
-        ),
-        "onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"),
-        "onnx": ("onnx",),
-        "openvino": ("openvino",),
-        "torch": ("torch",),
-        "pillow": ("pillow",),
-        "pydicom": ("pydicom",),
-        "edgedx": ("edgedx",),
-    }
-    for key, dists in names.items():
-        out[key] = next((v for d in dists if (v := _dist_version(d))), None)
+    """Library versions, as edgedx reports them (``edgedx info --versions``)."""
+    from edgedx import machine
+
+    out = machine.versions()
     if out["opencv"] is None:  # a source build has no distribution metadata
         try:
             import cv2
@@ -157,13 +123,6 @@ def versions() -> dict[str, str | None]:
         except ImportError:
             pass
     return out
-
-
-def _dist_version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 # -- FLOPs ------------------------------------------------------------------------------------

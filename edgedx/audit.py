@@ -61,6 +61,7 @@ class AuditLog:
             "backend_note": result.backend_note,
             "precision_ran": result.precision,
             "status": result.status,
+            "reason_code": result.reason_code,
             "reason": result.reason,
             "error": result.error,
             "scores": result.scores,

@@ -15,16 +15,18 @@ from typing import List, Optional
 
 import typer
 
-from edgedx.console import Backend, export_package, log_to_stderr
+from edgedx.console import VERBOSITY, Backend, export_package, log_to_stderr, model_name
 from edgedx import interrupt
 from edgedx.errors import EXIT_INPUT_FAILED, EXIT_OK, EdgedxError, UsageError
 from edgedx.outputs import OutputClosed
 from edgedx.text import printable
+from edgedx.examples import add_examples
+from edgedx.examples import epilog as examples_epilog
+from edgedx.progress import RunProgress
 
 app = typer.Typer(
-    help="Edge inference for medical-image screening: classify scans, inspect and benchmark models.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 log = logging.getLogger("edgedx")
@@ -36,7 +38,7 @@ class Format(str, Enum):
     csv = "csv"
 
 
-ModelOpt = typer.Option(None, "--model", "-m", help="ONNX model or TensorRT engine (default: the bundled screening model).")
+ModelOpt = typer.Option(None, "--model", "-m", callback=model_name, help="ONNX model, TensorRT engine, or a bundled model's name (see `edgedx models`; default: the bundled screening model).")
 BackendOpt = typer.Option(Backend.auto, "--backend", "-b", help="auto picks TensorRT for .engine/.plan/.trt files, ONNX Runtime otherwise; openvino runs ONNX files on OpenVINO.")
 
 
@@ -56,6 +58,48 @@ def _session_options(threads: int | None, cuda_graph: bool, trust_engine: bool, 
     from edgedx.backends import SessionOptions
 
     return SessionOptions(threads=threads, cuda_graph=cuda_graph, trust_engine=trust_engine, precision=precision)
+
+
+class LogLevel(str, Enum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from edgedx import machine
+
+        found = machine.versions()
+        print(f"edgedx {found['edgedx']}")
+        print(", ".join(f"{k} {found[k]}" for k in machine.RUNTIME_KEYS if k != "edgedx" and found.get(k)))
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _global_options(
+    ctx: typer.Context,
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the versions of edgedx and its runtime libraries, and exit."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log output on stderr: -v info, -vv debug."),
+    log_level: Optional[LogLevel] = typer.Option(None, "--log-level", help="Log level on stderr (overrides -v and -q)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Settings for classify and bench (default: ./edgedx.toml or $EDGEDX_CONFIG); see `edgedx info --config`."),
+) -> None:
+    """Edge inference for medical-image screening: classify scans, inspect and benchmark models.
+
+    Examples:
+
+        edgedx classify scans/ --json > results.ndjson
+        edgedx -v bench --compare chest_xray_cnn_fp32 chest_xray_cnn_int8 --images labelled/
+        edgedx --version
+    """
+    VERBOSITY["level"] = getattr(logging, log_level.value.upper()) if log_level else None
+    VERBOSITY["verbose"] = verbose
+    ctx.obj = {"config": config}
+    from edgedx import config as config_mod
+
+    if ctx.invoked_subcommand in config_mod.COMMANDS:
+        ctx.default_map = config_mod.load(config).default_map()
 
 
 @app.command()
@@ -122,42 +166,47 @@ def classify(
         session_options=_session_options(threads, not no_cuda_graph, trust_engine, precision),
         overrides=overrides,
     )
-    counts = {"ok": 0, "rejected": 0, "error": 0}
+    progress = RunProgress(len(files), quiet=quiet, output=output)
     stream = outputs.open_results(output)  # whole records; a failed write is one line, exit 5
-    interrupted = False
     try:
         writer = report.make_writer(fmt.value, stream, clf.manifest.labels, top_k)
-        with clf, _progress(len(files), quiet) as advance, _stop_on_sigterm():
+        with clf, progress, _stop_on_sigterm():
             try:
                 for result in clf.classify_many(files):
-                    counts[result.status] += 1
                     writer.write(result)
-                    advance()
+                    progress.advance(result.status)
             except KeyboardInterrupt:
-                interrupted = True
+                progress.interrupted = True
         writer.close()
     finally:
         stream.close()
-    done = sum(counts.values())
-    if interrupted or counts["error"] or counts["rejected"]:
-        summary = f"{done} answers for {len(files)} inputs: {counts['ok']} ok, {counts['rejected']} rejected, {counts['error']} failed"
-        log.warning("%s%s", "interrupted after " if interrupted else "", summary)
-    if interrupted:
+    progress.print_summary()
+    if progress.interrupted:
         raise typer.Exit(130)
-    raise typer.Exit(EXIT_INPUT_FAILED if counts["error"] else EXIT_OK)
+    raise typer.Exit(EXIT_INPUT_FAILED if progress.counts["error"] else EXIT_OK)
 
 
 @app.command()
 def info(
-    model: Optional[Path] = typer.Argument(None, help="ONNX model or TensorRT engine (default: the bundled model)."),
+    model: Optional[Path] = typer.Argument(None, callback=model_name, help="ONNX model, TensorRT engine or bundled model name (default: the bundled model)."),
     backend: Backend = BackendOpt,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    versions: bool = typer.Option(False, "--versions", help="Instead: every runtime library, CUDA driver/runtime, ONNX Runtime providers, backends here."),
+    show_config: bool = typer.Option(False, "--config", help="Instead: the settings classify and bench get from edgedx.toml and EDGEDX_* variables."),
 ) -> None:
-    """Show a model's manifest, inputs and outputs, file hash, and which backends can run it here."""
+    """Show a model's manifest, inputs and outputs, file hash, and which backends can run it here.
+    """
     from edgedx import api
     from edgedx.backends import available_backends
 
     log_to_stderr(False)
+    if versions or show_config:
+        from edgedx import info_views
+
+        root = click_root()
+        text, data = info_views.versions() if versions else info_views.settings(root.obj and root.obj.get("config"), root.command)
+        print(json.dumps(data, indent=2) if as_json else text)
+        return
     with api.Classifier(model, backend.value) as clf:
         data = clf.info()
     data["backends_here"] = {k: (v or "available") for k, v in available_backends().items()}
@@ -186,6 +235,11 @@ def info(
 
 @app.command()
 def bench(
+    ctx: typer.Context,
+    artifacts: Optional[List[str]] = typer.Argument(None, help="With --compare: model files or bundled names, each optionally @BACKEND (model.onnx@openvino)."),
+    compare: bool = typer.Option(False, "--compare", help="Compare the ARTIFACTS side by side in one run on the same inputs (one table)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="With --compare: at most N images of --images (evenly spread)."),
+    markdown: bool = typer.Option(False, "--markdown", help="With --compare: print the table as markdown."),
     model: Optional[Path] = ModelOpt,
     engine: Optional[Path] = typer.Option(None, "--engine", "-e", help="A TensorRT engine (same as --model with an engine file)."),
     backend: Backend = BackendOpt,
@@ -200,11 +254,17 @@ def bench(
     trust_engine: bool = typer.Option(False, "--trust-engine"),
     precision: Optional[str] = PrecisionOpt,
 ) -> None:
-    """Measure latency percentiles and throughput, model-only or end to end (--images)."""
+    """Measure latency percentiles and throughput, model-only or end to end (--images); or compare
+    several artifacts of one model side by side (--compare), with accuracy when DIR holds class folders.
+    """
     from edgedx import api
     from edgedx import bench as benchmod
 
     log_to_stderr(as_json)
+    if compare or artifacts:
+        _bench_compare(ctx, artifacts or [], compare, images, limit, batch_size, iterations, warmup, as_json, markdown,
+                       _session_options(threads, not no_cuda_graph, trust_engine))
+        return
     if model and engine:
         raise UsageError("give --model or --engine, not both")
     if iterations is None and duration is None:
@@ -235,29 +295,51 @@ def bench(
         print("stages ms   " + "  ".join(f"{k} {v:.3f}" for k, v in result.stages_ms.items()))
 
 
+def _bench_compare(ctx: typer.Context, artifacts: List[str], compare: bool, images: Optional[Path], limit: Optional[int],
+                   batch_size: int, iterations: Optional[int], warmup: int, as_json: bool, markdown: bool, options: object) -> None:
+    """``bench --compare``: checks the flags, then edgedx.compare measures and renders."""
+    import click
+
+    from edgedx import compare as comparemod
+
+    if not compare:
+        raise UsageError("model files as arguments are compared with --compare (or give one with --model)")
+    given = [f"--{p}" for p in ("model", "engine", "duration") if ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE]
+    if given:
+        raise UsageError(f"--compare takes the artifacts as arguments; {', '.join(given)} does not apply")
+    report = comparemod.compare(artifacts, images, batch_size=batch_size, iterations=iterations or 200, warmup=warmup,
+                                limit=limit, session_options=options)
+    if as_json:
+        print(json.dumps(report, default=str))
+    elif markdown:
+        print(comparemod.render_markdown(report))
+    else:
+        print(comparemod.render_text(report))
+
+
 @app.command()
 def models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """List the bundled models with their precision, input and labels."""
-    from edgedx import bundled, manifest
+    """List the bundled models: name (for --model NAME), precision, input, labels, decision threshold
+    and the validation metrics recorded in each manifest. The default model is marked with *.
+    """
+    from edgedx import bundled, tables
 
-    rows = []
-    for path in bundled.bundled_models():
-        m = manifest.load(path)
-        p = m.preprocess if m else None
-        rows.append({
-            "name": path.name,
-            "path": str(path),
-            "precision": m.precision if m else None,
-            "input": f"{p.channels}x{p.height}x{p.width} {p.layout.value}" if p else None,
-            "labels": list(m.labels) if m else None,
-            "default": path == bundled.default_model(),
-        })
+    rows = bundled.catalog()
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    for r in rows:
-        mark = "*" if r["default"] else " "
-        print(f"{mark} {r['name']:32} {r['precision'] or '?':5} {r['input'] or '?':16} {', '.join(r['labels'] or [])}")
+    header = ["name", "precision", "input", "labels", "threshold", *(f"val {k}" for k in bundled.VALIDATION_KEYS)]
+    body = [[("* " if r["default"] else "  ") + r["name"], r["precision"], r["input"], ", ".join(r["labels"] or []),
+             r["threshold"], *(r["validation"].get(k) for k in bundled.VALIDATION_KEYS)] for r in rows]
+    header[0] = "  name"
+    print(tables.text_table(header, body, right=[False] * 4 + [True] * 6))
+
+
+def click_root():
+    """The root click context of the running command (global options live in its ``obj``)."""
+    import click
+
+    return click.get_current_context().find_root()
 
 
 _mounted = False
@@ -275,8 +357,9 @@ def mount_export() -> None:
     from export.engine_cli import engine_command
 
     export_cli.app.command("engine")(engine_command)
+    add_examples(export_cli.app, "export ")
     app.add_typer(export_cli.app, name="export", help="Workstation side: ONNX export, quantization, engines, verification.")
-    app.command("eval")(export_cli.eval_command)
+    app.command("eval", epilog=examples_epilog("eval"))(export_cli.eval_command)
     _mounted = True
 
 
@@ -302,29 +385,6 @@ class _stop_on_sigterm:
             signal.signal(signal.SIGTERM, self._old)
 
 
-class _progress:
-    """A progress bar on stderr for long runs when stderr is a terminal; a no-op otherwise."""
-
-    def __init__(self, total: int, quiet: bool) -> None:
-        self.enabled = not quiet and total >= 20 and sys.stderr.isatty()
-        self.total = total
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda: None
-        from rich.progress import Progress
-
-        self._p = Progress(transient=True, console=None)
-        self._p.console.file = sys.stderr
-        self._p.start()
-        task = self._p.add_task("classifying", total=self.total)
-        return lambda: self._p.advance(task)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self._p.stop()
-
-
 def _usage_error_types() -> tuple[type[Exception], ...]:
     """The exception class typer raises for usage errors: click's, or typer's own vendored copy (>= 0.26)."""
     try:
@@ -348,10 +408,13 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     mount_export()
+    add_examples(app)
     handlers = interrupt.install_running()
     try:
         # Without standalone mode, typer returns a command's Exit code instead of raising it.
         code = app(args=argv, prog_name="edgedx", standalone_mode=False)
+        if code == 130:  # typer turns a Ctrl-C it catches into a plain 130; say why once more
+            print("edgedx: interrupted", file=sys.stderr)
         return code if isinstance(code, int) else EXIT_OK
     except typer.Exit as exc:
         return exc.exit_code

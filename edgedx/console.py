@@ -30,16 +30,31 @@ class Backend(str, Enum):
     tensorrt = "tensorrt"
 
 
+#: Verbosity from the command line: ``--log-level`` (None: not given) and the count of ``-v``.
+VERBOSITY: dict[str, int | None] = {"level": None, "verbose": 0}
+
+
 def log_to_stderr(quiet: bool = False) -> None:
-    """Warnings of the ``edgedx`` logger to the current stderr (never stdout), once per run."""
+    """Warnings of the ``edgedx`` logger to the current stderr (never stdout), once per run; ``-v``,
+    ``-vv`` and ``--log-level`` (:data:`VERBOSITY`) lower the level, ``quiet`` raises it."""
     for handler in [h for h in log.handlers if getattr(h, "_edgedx_cli", False)]:
         log.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(OneLineFormatter("edgedx: %(levelname)s: %(message)s"))
     handler._edgedx_cli = True  # type: ignore[attr-defined]
     log.addHandler(handler)
-    log.setLevel(logging.ERROR if quiet else logging.WARNING)
+    level = VERBOSITY["level"]
+    if level is None:
+        level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(VERBOSITY["verbose"] or 0, 2)]
+    log.setLevel(level)
     log.propagate = False
+
+
+def model_name(value: Path | None) -> Path | None:
+    """typer callback: a bundled model's name (``chest_xray_cnn_fp32``) -> its path; files win over names."""
+    from edgedx import bundled
+
+    return None if value is None else bundled.resolve(value)
 
 
 def export_package(init: Path = EXPORT_INIT) -> ModuleType | None:

@@ -86,7 +86,7 @@ def open_model(
         ModelError: the file is missing or bad, or its manifest does not match the model.
         BackendUnavailable: the requested backend cannot run here (``auto`` falls back when it can).
     """
-    path = Path(model) if model is not None else bundled.default_model(backend)
+    path = bundled.resolve(model) if model is not None else bundled.default_model(backend)
     if not path.is_file():
         raise ModelError(f"model not found: {path}")
     session, fallback = _open_session(path, backend, options or SessionOptions())

@@ -231,7 +231,7 @@ class Pipeline:
             if it.error is not None:
                 result = results.error(it.path, it.frame, it.error, facts)
             elif it.rejected is not None:
-                result = results.rejected(it.path, it.frame, str(it.rejected), facts)
+                result = results.rejected(it.path, it.frame, it.rejected.code, it.rejected.detail, facts)
             elif batch.error is not None:
                 result = results.error(it.path, it.frame, batch.error, facts)
             elif (prediction := next(predictions)) is None:  # NaN/inf from the model: never a decision

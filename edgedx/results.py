@@ -21,8 +21,8 @@ STATUSES = ("ok", "rejected", "error")
 class Result:
     """One record per input (per frame for multi-frame DICOM with ``all_frames``).
 
-    ``status`` is ``ok``, ``rejected`` (the input gate abstained: ``reason`` holds
-    ``code: detail``) or ``error`` (``error`` holds the message); only ``ok`` records have a label.
+    ``status`` is ``ok``, ``rejected`` (the input gate abstained: ``reason_code`` holds the stable
+    code, ``reason`` the detail) or ``error`` (``error`` holds the message); only ``ok`` records have a label.
     ``backend`` names the backend that ran; ``backend_note`` says why it ran when ``auto`` had to
     fall back; ``precision`` is the inference precision the backend ran in (``None`` when the
     backend does not choose one, e.g. ONNX Runtime running the file as stored).
@@ -34,6 +34,7 @@ class Result:
     scores: dict[str, float] | None = None
     error: str | None = None
     status: str = "ok"
+    reason_code: str | None = None
     reason: str | None = None
     model: str = ""
     backend: str = ""
@@ -84,12 +85,13 @@ def ok(path: str | None, frame: int | None, decision: Decision, facts: RunFacts)
     )
 
 
-def rejected(path: str | None, frame: int | None, reason: str, facts: RunFacts) -> Result:
-    """The record of an input the gate abstained on (``reason`` is ``code: detail``)."""
+def rejected(path: str | None, frame: int | None, code: str, detail: str, facts: RunFacts) -> Result:
+    """The record of an input the gate abstained on: a stable reason code and its detail."""
     return Result(
         path,
         status="rejected",
-        reason=reason,
+        reason_code=code,
+        reason=detail,
         frame=frame,
         model=facts.model,
         backend=facts.backend,

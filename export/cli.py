@@ -17,7 +17,7 @@ from typing import Any, List, Optional
 
 import typer
 
-from edgedx.console import Backend, log_to_stderr
+from edgedx.console import Backend, log_to_stderr, model_name
 from edgedx.errors import EXIT_INPUT_FAILED, UsageError
 from export.options import Method, Target
 
@@ -93,7 +93,7 @@ def onnx_command(
 
 @app.command("quantize")
 def quantize_command(
-    model: Path = typer.Argument(..., help="The FP32 ONNX model (with its edgedx manifest)."),
+    model: Path = typer.Argument(..., callback=model_name, help="The FP32 ONNX model (with its edgedx manifest)."),
     output: Path = typer.Option(..., "--out", "-o", help="The INT8 ONNX file to write."),
     calib: List[Path] = typer.Option(..., "--calib", help="Calibration scans: files or folders (walked recursively)."),
     target: Target = typer.Option(Target.CPU, help="cpu: U8S8 for ONNX Runtime; tensorrt: symmetric S8S8 Q/DQ."),
@@ -138,7 +138,7 @@ def quantize_command(
 
 @app.command("fp16")
 def fp16_command(
-    model: Path = typer.Argument(..., help="The FP32 ONNX model (with its edgedx manifest)."),
+    model: Path = typer.Argument(..., callback=model_name, help="The FP32 ONNX model (with its edgedx manifest)."),
     output: Path = typer.Option(..., "--out", "-o", help="The FP16 ONNX file to write."),
     images: Optional[List[Path]] = typer.Option(None, "--images", help="Scans to compare FP16 with FP32 on (ONNX Runtime)."),
     num_images: int = typer.Option(16, "--num-images", min=1),

@@ -53,7 +53,7 @@ def _check_records(records: list[dict], corpus: Corpus) -> None:
             assert re.search(case.message, r["error"]), f"{case.name}: {r['error']!r} !~ {case.message!r}"
             assert r["label"] is None and r["score"] is None
         elif case.expect == "rejected":
-            assert re.search(case.message, r["reason"]), f"{case.name}: {r['reason']!r}"
+            assert re.search(case.message, f"{r['reason_code']}: {r['reason']}"), f"{case.name}: {r['reason_code']} {r['reason']!r}"
         else:
             assert r["label"] in ("NORMAL", "PNEUMONIA") and math.isfinite(r["score"]), case.name
             assert all(math.isfinite(v) for v in r["scores"].values()), case.name

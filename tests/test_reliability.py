@@ -95,7 +95,8 @@ def test_one_non_finite_row_fails_only_its_input(tmp_path, scans):
 def test_huge_finite_outputs_give_finite_scores_without_warnings(tmp_path, scans):
     model = bad_models.scaled(tmp_path / "huge.onnx", 1e30, manifest=manifest_dict(activation="softmax"))
     proc = edgedx("classify", *scans, "--json", "-m", model, "--no-gate")
-    assert proc.returncode == 0 and proc.stderr == ""
+    lines = proc.stderr.splitlines()  # the end-of-run summary only: no overflow warnings
+    assert proc.returncode == 0 and len(lines) == 1 and "2 ok" in lines[0], proc.stderr
     assert all(math.isfinite(v) for r in strict_records(proc.stdout) for v in r["scores"].values())
 
 

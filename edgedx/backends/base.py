@@ -27,6 +27,7 @@ class BackendEntry:
     requires: tuple[str, ...]  # top-level modules that must be importable
     install_hint: str
     probe: str | None = None  # "module:function" -> None or why the hardware cannot run it
+    files: tuple[str, tuple[str, ...]] | None = None  # (what it runs, file suffixes) when it takes only some files
 
 
 BACKENDS: dict[str, BackendEntry] = {
@@ -45,6 +46,7 @@ BACKENDS: dict[str, BackendEntry] = {
         ("tensorrt|tensorrt_lean", "cuda|pycuda"),
         "pip install 'edgedx[trt]' (TensorRT and cuda-python; on Jetson use JetPack's TensorRT)",
         probe="edgedx.cuda.driver:probe_device",
+        files=("TensorRT engines", tuple(sorted(ENGINE_SUFFIXES))),
     ),
 }
 
@@ -338,8 +340,45 @@ def session_class(name: str) -> type[Session]:
     return getattr(importlib.import_module(module), cls)
 
 
+def require_backend(name: str) -> None:
+    """Check that backend ``name``, asked for by name, can run on this machine.
+
+    Raises:
+        BackendUnavailable: its packages are missing or its hardware probe fails (no CUDA device).
+    """
+    entry = BACKENDS[name]
+    missing = missing_requirements(name)
+    if missing:
+        raise BackendUnavailable(f"backend {name} is not available: missing {', '.join(missing)}; install with: {entry.install_hint}")
+    if entry.probe is not None:
+        module, _, func = entry.probe.partition(":")
+        why = getattr(importlib.import_module(module), func)()
+        if why:
+            raise BackendUnavailable(f"backend {name} cannot run here: {why}")
+
+
+def check_model_file(model_path: str | Path, name: str) -> None:
+    """Refuse a file that backend ``name`` does not run (an ONNX model given to TensorRT).
+
+    Raises:
+        UsageError: naming what the backend runs and what to do instead.
+    """
+    files = BACKENDS[name].files
+    path = Path(model_path)
+    if files is not None and path.suffix.lower() not in files[1]:
+        what, suffixes = files
+        hint = f"build one with `edgedx export engine {path.name}`, or " if path.suffix.lower() == ".onnx" and name == "tensorrt" else ""
+        raise UsageError(f"--backend {name} runs {what} ({', '.join(suffixes)}); {path.name} is not one: {hint}use --backend auto")
+
+
 def open_session(model_path: str | Path, backend: str = "auto", options: SessionOptions | None = None) -> Session:
-    return session_class(resolve_backend(model_path, backend))(model_path, options)
+    """Open ``model_path`` on ``backend``; a backend asked for by name is checked first (exit code 3
+    when it cannot run here, 2 when it does not take this kind of file)."""
+    name = resolve_backend(model_path, backend)
+    if backend != "auto":
+        require_backend(name)
+        check_model_file(model_path, name)
+    return session_class(name)(model_path, options)
 
 
 def _importable(module: str) -> bool:
