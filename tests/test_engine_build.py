@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 
 import export.engine as eng
+import export.engine_builders as engine_builders
 import export.engine_flags as engine_flags
 import export.onnx_precision as onnx_precision
 from edgedx.backends.trt_guard import RuntimeFacts, file_problems, runtime_problems
 from edgedx.errors import BackendUnavailable, ModelError, UsageError
-from export.engine import BUILDER_NAMES, parse_batch, profile_shapes
+from export.engine import BUILDER_NAMES, RTX_BUILDER_NAMES, parse_batch, profile_shapes
 from export.engine_flags import select_flags
 from export.onnx_precision import check_precision, inspect_onnx
 from tests.test_tensorrt import FakeCuda, attribute_uses
@@ -127,14 +128,15 @@ def test_real_tensorrt_lean_11_matches_the_table():
     assert sorted(_TRT11["BuilderFlag"]) == sorted(m for m in dir(trt.BuilderFlag) if m.isupper())
 
 
-BUILD_RECEIVERS = {"trt": "", "builder": "Builder", "config": "IBuilderConfig", "parser": "OnnxParser",
+BUILD_RECEIVERS = {"trt": "", "trt_builder": "Builder", "config": "IBuilderConfig", "parser": "OnnxParser",
                    "network": "INetworkDefinition", "profile": "IOptimizationProfile"}
 
 
 def test_build_engine_source_uses_only_listed_names():
-    used = set().union(*(attribute_uses(Path(m.__file__), BUILD_RECEIVERS) for m in (eng, engine_flags, onnx_precision)))
-    assert "Builder.build_serialized_network" in used
-    assert sorted(used - set(BUILDER_NAMES)) == []
+    modules = (eng, engine_flags, onnx_precision, engine_builders)
+    used = set().union(*(attribute_uses(Path(m.__file__), BUILD_RECEIVERS) for m in modules))
+    assert "Builder.build_serialized_network" in used and "IBuilderConfig.set_compute_capability" in used
+    assert sorted(used - set(BUILDER_NAMES) - set(RTX_BUILDER_NAMES)) == []
 
 
 # -- flag selection --------------------------------------------------------------------------------
@@ -288,9 +290,9 @@ def test_precision_mismatch_is_refused(tmp_path, have, want, message):
     assert err.value.exit_code == 2
 
 
-def test_asymmetric_uint8_qdq_is_refused(tmp_path):
+def test_uint8_qdq_is_refused_as_the_cpu_flavour(tmp_path):
     info = inspect_onnx(onnx.load(str(tiny_onnx(tmp_path / "m.onnx", "int8", zero_point=TensorProto.UINT8, zp_value=128))))
-    with pytest.raises(UsageError, match="not symmetric int8 Q/DQ.*q_in: zero point type is not int8"):
+    with pytest.raises(UsageError, match=r"m.onnx is the CPU flavour of edgedx export quantize \(uint8 activations, U8S8.*first q_in.*--target tensorrt"):
         check_precision("int8", info, "m.onnx")
 
 
@@ -304,7 +306,8 @@ def test_nonzero_int8_zero_point_is_refused(tmp_path):
 
 def test_parse_batch():
     assert parse_batch("1,8,32") == (1, 8, 32)
-    assert parse_batch("4") == (4, 4, 4)
+    assert parse_batch("4") == (1, 4, 4)  # every batch up to 4 runs: a folder's tail gets its answers
+    assert parse_batch("4,4,4") == (4, 4, 4)
     for bad in ("8,1,32", "0,1,2", "a,b,c", "1,2"):
         with pytest.raises(UsageError, match="--batch"):
             parse_batch(bad)
@@ -414,7 +417,11 @@ def fake_builder_trt(major: int, record: dict):
 def fake_build(monkeypatch):
     """build_engine against a fake TensorRT ``major`` (set state['major']) and a fake CUDA device."""
     state = {"major": 10, "cuda": FakeCuda(), "record": {}}
-    monkeypatch.setattr(eng, "_import_tensorrt_builder", lambda: fake_builder_trt(state["major"], state["record"]))
+    def fake_import(requested):
+        trt = fake_builder_trt(state["major"], state["record"])
+        return engine_builders.Builder("tensorrt", trt, trt.__version__)
+
+    monkeypatch.setattr(eng, "_import_builder", fake_import)
     monkeypatch.setattr("edgedx.cuda.open_driver", lambda binding="auto": state["cuda"])
     return state
 
@@ -521,7 +528,7 @@ def test_built_engine_opens_in_the_session(tmp_path, fake_build, monkeypatch):
     report = eng.build_engine(model, precision="fp32", batch=(1, 2, 4))
     cuda = FakeCuda()
     monkeypatch.setattr(trt_backend, "open_driver", lambda binding="auto": cuda)
-    monkeypatch.setattr(trt_backend, "import_tensorrt", lambda: (FakeTRT(cuda, version=report.tensorrt_version), False))
+    monkeypatch.setattr(trt_backend, "import_tensorrt", lambda builder="tensorrt": (FakeTRT(cuda, version=report.tensorrt_version), False))
     with trt_backend.TensorRTSession(report.engine) as sess:
         assert sess.describe()["precision"] == "fp32"
         assert sess.manifest.labels == ("NORMAL", "PNEUMONIA")

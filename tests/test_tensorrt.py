@@ -17,7 +17,7 @@ import edgedx.backends.trt_runtime as trt_runtime
 from edgedx.backends.base import SessionOptions
 from edgedx.backends.tensorrt import TensorRTSession
 from edgedx.backends.trt_guard import EngineGuardError, RuntimeFacts, fallback_onnx, file_problems, runtime_problems
-from edgedx.backends.trt_runtime import TRT_RUNTIME_NAMES
+from edgedx.backends.trt_runtime import TRT_OPTIONAL_RUNTIME_NAMES, TRT_RUNTIME_NAMES
 from edgedx.cuda import CudaDriver, CudaError, DeviceInfo
 from edgedx.errors import BackendUnavailable, UsageError
 
@@ -80,7 +80,7 @@ def test_the_name_list_covers_every_tensorrt_use_in_the_runtime_modules():
     used = set().union(*(attribute_uses(Path(m.__file__), RECEIVERS) for m in RUNTIME_MODULES))
     assert "IExecutionContext.execute_async_v3" in used and "Runtime.deserialize_cuda_engine" in used
     assert "ILogger.Severity.ERROR" in used  # make_logger, in trt_runtime
-    unlisted = sorted(u for u in used if u not in TRT_RUNTIME_NAMES)
+    unlisted = sorted(u for u in used if u not in TRT_RUNTIME_NAMES + TRT_OPTIONAL_RUNTIME_NAMES)
     assert not unlisted, f"used but not in TRT_RUNTIME_NAMES: {unlisted}"
 
 
@@ -462,8 +462,9 @@ def fakes(monkeypatch):
     def fake_open_driver(binding="auto"):
         return state["cuda"]
 
-    def fake_import():
+    def fake_import(builder="tensorrt"):
         state["imports"] += 1
+        state["builder"] = builder
         state["trt"] = FakeTRT(state["cuda"], **state["trt_kwargs"])
         return state["trt"], state.get("lean", False)
 
@@ -557,7 +558,7 @@ def test_run_returns_the_first_output_and_timings(tmp_path, fakes):
         assert set(sess.last_timings()) == {"h2d", "compute", "d2h"}
         with pytest.raises(UsageError, match="exceeds this model's maximum batch 4"):
             sess.run(np.zeros((5, 2, 4), np.float32))
-        with pytest.raises(UsageError, match="outside this engine's profile"):
+        with pytest.raises(UsageError, match="more than this engine takes"):
             sess.submit(np.zeros((5, 2, 4), np.float32))
         with pytest.raises(UsageError, match="each sample must have shape"):
             sess.run(np.zeros((1, 4, 2), np.float32))
@@ -678,6 +679,7 @@ def test_describe_reports_what_runs(tmp_path, fakes):
         "cuda_binding": "fake-cuda",
         "cuda_graph": "on",
         "batch": [1, 2, 4],
+        "builder": "tensorrt",
     }
 
 
