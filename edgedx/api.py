@@ -148,7 +148,11 @@ class Classifier:
                 # Let the decoder skip work the model cannot see: JPEG DCT scaling, gray decode.
                 self.decode_options = dataclasses.replace(
                     self.decode_options, target_size=(spec.width, spec.height), target_channels=spec.channels)
-            self.batch_size = min(batch_size, self.session.max_batch_size or batch_size)
+            limit = self.session.max_batch_size
+            if limit is not None and batch_size > limit:  # said, not silently capped
+                log.warning("batch size %d is more than %s takes (at most %d): running batches of %d (a TensorRT engine "
+                            "takes larger ones when rebuilt with edgedx export engine --batch 1,%d,%d)", batch_size, self.model_path.name, limit, limit, batch_size, batch_size)
+            self.batch_size = min(batch_size, limit or batch_size)
             self._buffer = self.session.input_buffer(self.batch_size)
             if audit is not None:
                 self._audit = AuditLog(audit, model_sha256=file_sha256(self.model_path), manifest=self.manifest, backend_detail=self.session.describe())

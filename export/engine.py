@@ -191,6 +191,8 @@ def build_engine(
     chosen = _import_builder(builder)
     if compute_capabilities and chosen.needs_gpu:
         raise UsageError("--compute-capability applies to --builder tensorrt-rtx: TensorRT builds for this machine's GPU")
+    if timing_cache is not None and not chosen.needs_gpu:
+        raise UsageError("TensorRT-RTX cannot honour --timing-cache: it keeps no timing cache (its timing-cache calls are no-ops since 1.2)")
     trt, version = chosen.module, chosen.version
     flags = select_flags(
         chosen.major, precision, dla_core=dla_core, gpu_fallback=gpu_fallback, version_compatible=version_compatible,
