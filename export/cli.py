@@ -100,7 +100,7 @@ def quantize_command(
     method: Method = typer.Option(Method.PERCENTILE, help="Activation range calibration."),
     num_images: int = typer.Option(200, "--num-images", min=1, help="Calibration images (evenly spread over --calib)."),
     exclude: Optional[List[str]] = typer.Option(None, "--exclude", help="Node names or op types to keep in float (repeatable or comma-separated)."),
-    float_input_layer: bool = typer.Option(True, "--float-input-layer/--quantize-input-layer", help="Keep the layer that reads the image in float (default; quantizing it costs the bundled model 10+ accuracy points)."),
+    float_input_layer: bool = typer.Option(True, "--float-input-layer/--quantize-input-layer", help="Keep the layer that reads the image in float (default: ONNX Runtime 1.32's fused int8 kernels mis-compute a quantized first conv)."),
     percentile: float = typer.Option(99.999, min=90.0, max=100.0, help="--method percentile: the cut-off."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Recalibrate even when cached ranges exist."),
     eval_data: Optional[Path] = typer.Option(None, "--eval", help="Labelled data (class folders or .npz): the INT8 model must pass the gate against the input."),

@@ -418,3 +418,111 @@ def test_gpu_errors_name_the_cuda_error(cuda):
     with pytest.raises(CudaError) as info:
         cuda.malloc(1 << 50)  # 1 PiB
     assert "memory" in info.value.name.lower()  # cudaErrorMemoryAllocation / "out of memory"
+
+
+# -- the pycuda driver over a fake pycuda.driver ---------------------------------------------------
+
+
+class FakePycudaError(Exception):
+    pass
+
+
+def fake_pycuda(monkeypatch, *, init_error: str | None = None, count_error: str | None = None):
+    """Install a fake ``pycuda.driver`` that records which thread pushed the context."""
+    import threading
+    import types
+
+    drv = types.ModuleType("pycuda.driver")
+    drv.Error = FakePycudaError
+    drv.pushes = []
+    drv.pops = []
+
+    def init():
+        if init_error:
+            raise FakePycudaError(f"cuInit failed: {init_error}")
+
+    class Context:
+        def push(self):
+            drv.pushes.append(threading.get_ident())
+
+        @staticmethod
+        def pop():
+            drv.pops.append(threading.get_ident())
+
+        def detach(self):
+            drv.detached = True
+
+    class Device:
+        def __init__(self, index):
+            self.index = index
+
+        @staticmethod
+        def count():
+            if count_error:
+                raise FakePycudaError(f"cuDeviceGetCount failed: {count_error}")
+            return 1
+
+        def retain_primary_context(self):
+            return Context()
+
+    def mem_alloc(n):
+        raise FakePycudaError("cuMemAlloc failed: out of memory")
+
+    drv.init, drv.Device, drv.mem_alloc = init, Device, mem_alloc
+    pkg = types.ModuleType("pycuda")
+    pkg.driver = drv
+    monkeypatch.setitem(sys.modules, "pycuda", pkg)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", drv)
+    from edgedx.cuda.pycuda_driver import PyCudaDriver
+
+    return PyCudaDriver(), drv
+
+
+def test_pycuda_errors_carry_the_same_names_as_cuda_python(monkeypatch):
+    driver, _ = fake_pycuda(monkeypatch)
+    with pytest.raises(CudaError, match="cuMemAlloc failed: cudaErrorMemoryAllocation") as info:
+        driver.malloc(1 << 40)
+    assert info.value.name == "cudaErrorMemoryAllocation"
+
+
+@pytest.mark.parametrize(
+    ("where", "text", "name"),
+    [("init", "no CUDA-capable device is detected", "cudaErrorNoDevice"),
+     ("init", "CUDA driver version is insufficient for CUDA runtime version", "cudaErrorInsufficientDriver"),
+     ("count", "initialization error", "cudaErrorInitializationError")],
+)
+def test_pycuda_without_a_usable_driver_probes_zero_devices_for_auto_fallback(monkeypatch, where, text, name):
+    driver, _ = fake_pycuda(monkeypatch, **({"init_error": text} if where == "init" else {"count_error": text}))
+    count, why = driver.probe()
+    assert count == 0 and why.endswith(name)
+
+
+def test_pycuda_makes_the_context_current_on_every_calling_thread(monkeypatch):
+    import threading
+
+    driver, drv = fake_pycuda(monkeypatch)
+    driver.set_device(0)
+    main = threading.get_ident()
+    assert drv.pushes == [main]
+    worker_ids = []
+
+    def worker():
+        worker_ids.append(threading.get_ident())
+        with pytest.raises(CudaError):
+            driver.malloc(16)  # any call: the context is pushed on this thread first
+        with pytest.raises(CudaError):
+            driver.malloc(16)  # and only once
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert drv.pushes == [main, worker_ids[0]]
+    driver.close()
+    assert drv.pops == [main] and drv.detached
+
+
+def test_error_name_for_unknown_text_keeps_the_text():
+    from edgedx.cuda.driver import error_name_for
+
+    assert error_name_for("cuFoo failed: something new") == "something new"
+    assert error_name_for("cuMemAlloc failed: out of memory") == "cudaErrorMemoryAllocation"
