@@ -259,3 +259,18 @@ def test_without_a_gpu_an_explicit_tensorrt_backend_exits_3(rtx_engine, xray_fil
     assert proc.stdout == ""
     (line,) = [x for x in proc.stderr.splitlines() if x.startswith("edgedx: error:")]
     assert "no CUDA device" in line and "Traceback" not in proc.stderr
+
+
+def test_the_tensorrt_int8_export_passes_the_accuracy_gate_on_real_scans(tmp_path, bundled_exports):
+    """The INT8 that TensorRT now accepts is still inside the gate against FP32 (on ONNX Runtime)."""
+    from edgedx.evaluate import Gate
+    from export.quantize import check_gate
+
+    root = need(XRAY)
+    for label in ("NORMAL", "PNEUMONIA"):
+        (tmp_path / label).mkdir()
+        for f in sorted((root / label).glob("*.jpeg"))[100:400:15]:  # 20 a class, none used for calibration
+            (tmp_path / label / f.name).symlink_to(f)
+    report = check_gate(bundled_exports["fp32"], bundled_exports["int8"], tmp_path, None, Gate())
+    assert report["gate"]["passed"] and report["n"] == 40
+    assert report["flips"]["count"] <= 1 and report["score_drift"]["max_abs"] < 0.1
