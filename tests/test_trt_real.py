@@ -274,3 +274,39 @@ def test_the_tensorrt_int8_export_passes_the_accuracy_gate_on_real_scans(tmp_pat
     report = check_gate(bundled_exports["fp32"], bundled_exports["int8"], tmp_path, None, Gate())
     assert report["gate"]["passed"] and report["n"] == 40
     assert report["flips"]["count"] <= 1 and report["score_drift"]["max_abs"] < 0.1
+
+
+# -- on an RTX GPU (pytest -m gpu) -------------------------------------------------------------------
+
+
+@pytest.fixture
+def rtx_gpu():
+    """This machine's GPU when TensorRT-RTX can target it; skips first, before any export is made."""
+    from export.engine_builders import RTX_TARGETS
+    from tests.conftest import cuda_device
+
+    device = cuda_device()
+    if device.sm not in RTX_TARGETS:
+        pytest.skip(f"TensorRT-RTX cannot target {device.name} (compute capability {device.sm}; it targets {', '.join(RTX_TARGETS)})")
+    return device
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_gpu_rtx_engine_answers_every_scan_like_onnxruntime(rtx_gpu, tmp_path, bundled_exports, xray_files, precision):
+    from edgedx.api import Classifier
+
+    device = rtx_gpu
+    report = eng.build_engine(bundled_exports[precision], tmp_path / "m.engine", precision=precision, builder="tensorrt-rtx",
+                              compute_capabilities=(device.sm,), batch=eng.parse_batch("4"))
+    files = xray_files[:6]  # batches of 4: a tail of 2
+    with Classifier(report.engine, "tensorrt", batch_size=4, use_gate=False) as trt_clf:
+        got = list(trt_clf.classify_many(files))
+        info = trt_clf.session.describe()
+    with Classifier(bundled_exports[precision], "onnxruntime", batch_size=4, use_gate=False) as ort_clf:
+        want = list(ort_clf.classify_many(files))
+    assert [r.status for r in got] == ["ok"] * len(files)
+    assert info["runtime"] == "tensorrt_rtx" and info["builder"] == "tensorrt-rtx"
+    diff = max(abs(a.score - b.score) for a, b in zip(got, want))
+    assert diff < (0.02 if precision == "fp16" else 0.1), diff
+    print(precision, info, "max score diff", diff)
