@@ -310,3 +310,28 @@ def test_gpu_rtx_engine_answers_every_scan_like_onnxruntime(rtx_gpu, tmp_path, b
     diff = max(abs(a.score - b.score) for a, b in zip(got, want))
     assert diff < (0.02 if precision == "fp16" else 0.1), diff
     print(precision, info, "max score diff", diff)
+
+
+def test_export_engine_command_with_the_rtx_builder(tmp_path, bundled_exports):
+    import typer
+    from typer.testing import CliRunner
+
+    from export.engine_cli import engine_command
+
+    app = typer.Typer()
+    app.command("engine")(engine_command)
+    app.command("other")(lambda: None)  # two commands: "engine" is a subcommand as under `edgedx export`
+
+    onnx_path = tmp_path / "m.onnx"
+    shutil.copy(bundled_exports["fp16"], onnx_path)
+    result = CliRunner().invoke(app, ["engine", str(onnx_path), "--precision", "fp16", "--builder", "tensorrt-rtx",
+                                      "--compute-capability", "12.0,8.6", "--batch", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["builder"] == "tensorrt-rtx" and report["compute_capabilities"] == ["8.6", "12.0"]
+    assert report["profile"]["min"][0] == 1 and report["profile"]["max"][0] == 4
+    assert hashlib.sha256((tmp_path / "m.engine").read_bytes()).hexdigest() == report["sha256"]
+    bad = CliRunner().invoke(app, ["engine", str(onnx_path), "--precision", "fp16", "--builder", "tensorrt-rtx",
+                                   "--compute-capability", "9.0"])
+    assert isinstance(bad.exception, UsageError) and bad.exception.exit_code == 2
+    assert "'9.0' is not one TensorRT-RTX can target" in str(bad.exception)
