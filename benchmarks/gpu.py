@@ -139,6 +139,15 @@ def timings(engine: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _version(dist: str) -> str | None:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def _has(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is not None
@@ -172,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     report: dict[str, Any] = {"machine": C.machine_info(), "steps": {}}
-    report["machine"]["versions"].update({d: C._dist_version(d) for d in TRT_DISTS})
+    report["machine"]["versions"].update({d: _version(d) for d in TRT_DISTS})
     facts = report["cuda"] = device_facts()
     gpu = facts.get("device") is not None
     C.log(f"[gpu] CUDA device: {facts.get('device') or 'none (' + str(facts.get('reason')) + ')'}")

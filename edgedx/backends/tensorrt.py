@@ -58,7 +58,7 @@ from edgedx.backends.trt_guard import (  # noqa: F401  (re-exported: the guard's
     validity_problems,
 )
 from edgedx.backends.trt_runtime import RUNTIME_MODULES, TRT_RUNTIME_NAMES, import_tensorrt, make_logger  # noqa: F401  (re-exported)
-from edgedx.cuda import CudaError, Resources, open_driver
+from edgedx.cuda import Resources, open_driver
 from edgedx.cuda.pipeline import BatchRange, GraphAction, SlotRing, graph_action, max_shape, numpy_dtype, tensor_nbytes
 from edgedx.errors import BackendError, BackendUnavailable, ModelError, UsageError
 
