@@ -67,8 +67,8 @@ def test_cpu_target_is_u8s8_per_channel(tmp_path: Path, fp32: Path, xray_files: 
     assert m.precision == "int8" and m.labels == ("NORMAL", "PNEUMONIA") and m.threshold == 0.5
     assert q["target"] == "cpu" and q["method"] == "minmax" and q["images"] == 6 and q["excluded"] == []
     assert q["source_sha256"] == file_sha256(fp32) and summary["sha256"] == file_sha256(out)
-    # Scores: with the image-reading layer float (the default). ONNX Runtime 1.32's fused int8
-    # kernels mis-compute a quantized first conv (see QuantizeOptions.float_input_layer).
+    # Scores: with the image-reading layer float (the default). ONNX Runtime's U8S8 kernels saturate
+    # on x86 CPUs without VNNI, worst on a quantized first conv (see QuantizeOptions.float_input_layer).
     default = tmp_path / "int8_default.onnx"
     quantize(fp32, default, xray_files, QuantizeOptions(target=Target.CPU, method=Method.MINMAX, num_images=6))
     images = [decode.decode_file(f)[0].image for f in xray_files]
@@ -99,6 +99,16 @@ def test_the_layer_that_reads_the_image_stays_float_by_default(tmp_path: Path, f
     assert initializers(out)[conv.input[1]].dtype == np.float32  # weights not quantized
     assert summary["excluded"] == [conv.name] == manifest_mod.load(out).provenance["quantization"]["excluded"]
     assert qdq_nodes(out, "QuantizeLinear")  # the rest is quantized
+
+
+def test_reduce_range_keeps_weights_in_7_bits(tmp_path: Path, fp32: Path, xray_files: list[Path]):
+    out = tmp_path / "int8.onnx"
+    quantize(fp32, out, xray_files, QuantizeOptions(method=Method.MINMAX, num_images=4, reduce_range=True, float_input_layer=False))
+    inits = initializers(out)
+    weights = [inits[n.input[0]] for n in qdq_nodes(out, "DequantizeLinear") if n.input[0] in inits and inits[n.input[0]].dtype == np.int8]
+    assert weights and all(int(np.abs(w).max()) <= 64 for w in weights)  # symmetric 7-bit: [-64, 64]
+    assert max(int(np.abs(w).max()) for w in weights) > 32  # the range is used, not collapsed
+    assert "7-bit" in manifest_mod.load(out).provenance["quantization"]["weights"]
 
 
 def test_exclude_by_op_type_keeps_the_node_in_float(tmp_path: Path, fp32: Path, xray_files: list[Path]):
