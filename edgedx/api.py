@@ -13,6 +13,7 @@ records).
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -29,6 +30,8 @@ from edgedx.opening import Fallback, ManifestOverrides, default_spin_wait, open_
 from edgedx.pipeline import Pipeline, PipelineConfig, Source
 from edgedx.results import Result, RunFacts
 from edgedx.sources import expand_paths
+
+log = logging.getLogger("edgedx")
 
 __all__ = ["Classifier", "Fallback", "ManifestOverrides", "Result", "Source", "expand_paths", "file_sha256"]
 
@@ -86,7 +89,12 @@ class Classifier:
                 # Let the decoder skip work the model cannot see: JPEG DCT scaling, gray decode.
                 options_in = dataclasses.replace(options_in, target_size=(spec.width, spec.height), target_channels=spec.channels)
             self.decode_options = options_in
-            self.batch_size = min(batch_size, self.session.max_batch_size or batch_size)
+            limit = self.session.max_batch_size
+            if limit is not None and batch_size > limit:  # said, not silently capped
+                log.warning("batch size %d is more than %s takes (at most %d): running batches of %d (a TensorRT engine "
+                            "takes larger ones when rebuilt with edgedx export engine --batch 1,%d,%d)",
+                            batch_size, self.model_path.name, limit, limit, batch_size, batch_size)
+            self.batch_size = min(batch_size, limit or batch_size)
             if audit is not None:
                 self._audit = AuditLog(audit, model_sha256=file_sha256(self.model_path), manifest=self.manifest, backend_detail=self.session.describe())
         except OSError as exc:

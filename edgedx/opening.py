@@ -101,7 +101,7 @@ def open_model(
 def _open_session(path: Path, backend: str, options: SessionOptions) -> tuple[Session, Fallback | None]:
     name = resolve_backend(path, backend)
     try:
-        return open_session(path, name, options), None
+        return open_session(path, backend, options), None
     except EdgedxError as exc:
         if backend != "auto" or exc.fallback_onnx is None:
             raise

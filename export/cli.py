@@ -100,6 +100,8 @@ def quantize_command(
     method: Method = typer.Option(Method.PERCENTILE, help="Activation range calibration."),
     num_images: int = typer.Option(200, "--num-images", min=1, help="Calibration images (evenly spread over --calib)."),
     exclude: Optional[List[str]] = typer.Option(None, "--exclude", help="Node names or op types to keep in float (repeatable or comma-separated)."),
+    float_input_layer: bool = typer.Option(True, "--float-input-layer/--quantize-input-layer", help="Keep the layer that reads the image in float (default: ONNX Runtime's int8 kernels saturate on CPUs without VNNI, worst there)."),
+    reduce_range: bool = typer.Option(False, "--reduce-range", help="7-bit weights: no int8 saturation in ONNX Runtime on x86 CPUs without VNNI (AVX2 only)."),
     percentile: float = typer.Option(99.999, min=90.0, max=100.0, help="--method percentile: the cut-off."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Recalibrate even when cached ranges exist."),
     eval_data: Optional[Path] = typer.Option(None, "--eval", help="Labelled data (class folders or .npz): the INT8 model must pass the gate against the input."),
@@ -118,6 +120,7 @@ def quantize_command(
     options = quant.QuantizeOptions(
         target=target, method=method, num_images=num_images,
         exclude=tuple(x for item in exclude or () for x in item.split(",") if x), percentile=percentile, cache=not no_cache,
+        float_input_layer=float_input_layer, reduce_range=reduce_range,
     )
     gate = Gate(max_auc_drop, max_accuracy_drop, max_sensitivity_drop, max_flip_rate)
     try:

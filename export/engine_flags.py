@@ -10,6 +10,10 @@ calibrators. TensorRT 10 (JetPack 6 on Orin) gets (see :func:`select_flags`):
   outside Q/DQ stay in the ONNX's float type (no FP16 flag is added).
 - fp32: no precision flag.
 
+TensorRT-RTX (``builder="tensorrt-rtx"``, versions 1.x) is strongly typed like TensorRT 11 and sets
+no precision flag; it cannot build version- or hardware-compatible plans (its plans are portable
+across the compute capabilities they target instead) and has no DLA, so those options are refused.
+
 Names are ``Enum.MEMBER`` strings, resolved on the TensorRT module only at build time; tests check
 every name the table can pick against NVIDIA's documented API for that version.
 """
@@ -22,6 +26,14 @@ from edgedx.errors import BackendUnavailable, UsageError
 
 PRECISIONS = ("fp32", "fp16", "int8")
 SUPPORTED_MAJORS = (10, 11)
+#: Options TensorRT-RTX cannot honour, with why (option name -> reason).
+RTX_REFUSED = {
+    "version_compatible": "--version-compatible: TensorRT-RTX plans carry no lean runtime; rebuild with each TensorRT-RTX version instead",
+    "exclude_lean_runtime": "--exclude-lean-runtime: TensorRT-RTX plans carry no lean runtime",
+    "hardware_compatible": "--hardware-compatible: TensorRT-RTX ignores hardware-compatibility levels; give --compute-capability with the GPUs to run on",
+    "dla_core": "--dla-core: TensorRT-RTX has no DLA (Jetson); build with --builder tensorrt on the Jetson",
+    "gpu_fallback": "--gpu-fallback: TensorRT-RTX has no DLA",
+}
 
 
 @dataclass(frozen=True)
@@ -47,13 +59,27 @@ def select_flags(
     version_compatible: bool = False,
     exclude_lean_runtime: bool = False,
     hardware_compatible: bool = False,
+    builder: str = "tensorrt",
 ) -> BuildFlags:
     """The network-creation and builder flags for TensorRT ``major`` (the per-version table).
 
+    Args:
+        major: the builder's major version (10 or 11 for ``tensorrt``; any for ``tensorrt-rtx``).
+        builder: ``tensorrt`` or ``tensorrt-rtx``.
+
     Raises:
         BackendUnavailable: a TensorRT major version edgedx does not build with.
-        UsageError: an option combination TensorRT cannot build.
+        UsageError: an option combination the builder cannot build or honour.
     """
+    if builder == "tensorrt-rtx":
+        asked = {"version_compatible": version_compatible, "exclude_lean_runtime": exclude_lean_runtime,
+                 "hardware_compatible": hardware_compatible, "dla_core": dla_core is not None, "gpu_fallback": gpu_fallback}
+        refused = [RTX_REFUSED[k] for k, on in asked.items() if on]
+        if refused:
+            raise UsageError("TensorRT-RTX cannot honour " + "; ".join(refused))
+        if precision not in PRECISIONS:
+            raise UsageError(f"unknown precision {precision!r}: choose {', '.join(PRECISIONS)}")
+        return BuildFlags()
     if major not in SUPPORTED_MAJORS:
         raise BackendUnavailable(f"TensorRT {major}.x is not supported: edgedx builds engines with TensorRT 10 or 11")
     if precision not in PRECISIONS:

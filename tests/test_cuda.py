@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -134,7 +135,7 @@ class FakeErr(int):
     pass
 
 
-def fake_runtime(device_count_error: str | None = None):
+def fake_runtime(device_count_error: str | None = None, driver: int = 12040, runtime: int = 13000):
     names = {0: "cudaSuccess", 2: "cudaErrorMemoryAllocation", 35: "cudaErrorInsufficientDriver", 100: "cudaErrorNoDevice"}
     codes = {v: FakeErr(k) for k, v in names.items()}
     rt = SimpleNamespace()
@@ -142,6 +143,15 @@ def fake_runtime(device_count_error: str | None = None):
     rt.cudaGetErrorName = lambda err: (codes["cudaSuccess"], names[int(err)].encode())
     rt.cudaGetDeviceCount = lambda: (codes[device_count_error], 0) if device_count_error else (codes["cudaSuccess"], 1)
     rt.cudaMalloc = lambda n: (codes["cudaErrorMemoryAllocation"], None)
+    rt.cudaDriverGetVersion = lambda: (codes["cudaSuccess"], driver)
+    rt.cudaRuntimeGetVersion = lambda: (codes["cudaSuccess"], runtime)
+    rt.cleared = 0
+
+    def get_last_error():
+        rt.cleared += 1
+        return (codes["cudaSuccess"],)
+
+    rt.cudaGetLastError = get_last_error
     return rt
 
 
@@ -162,9 +172,46 @@ def test_cuda_python_errors_carry_cuda_error_names():
 
 @pytest.mark.parametrize("error", ["cudaErrorNoDevice", "cudaErrorInsufficientDriver"])
 def test_cuda_python_probe_reports_no_device_instead_of_raising(error):
-    count, why = cuda_python_driver(fake_runtime(error)).probe()
+    count, why = cuda_python_driver(fake_runtime(error, driver=13000)).probe()
     assert count == 0
     assert why == f"cudaGetDeviceCount: {error}"
+
+
+def test_a_cuda_12_driver_under_a_cuda_13_binding_is_named_with_what_to_install():
+    count, why = cuda_python_driver(fake_runtime("cudaErrorInsufficientDriver", driver=12040, runtime=13000)).probe()
+    assert count == 0
+    assert why.startswith("cudaGetDeviceCount: cudaErrorInsufficientDriver; the NVIDIA driver supports CUDA 12.4 but the CUDA runtime here is 13.0")
+    assert "pip install 'edgedx[cuda12]'" in why
+
+
+def test_no_driver_at_all_is_named():
+    count, why = cuda_python_driver(fake_runtime("cudaErrorInsufficientDriver", driver=0)).probe()
+    assert count == 0 and "no NVIDIA driver is installed" in why
+
+
+@pytest.mark.parametrize(
+    ("driver", "runtime", "expected"),
+    [(12080, 12060, None), (13000, 13000, None), (12020, 12080, "CUDA 12.2 but the CUDA runtime here is 12.8"),
+     (11080, 12000, "pip install 'cuda-python==11.*'"), (0, 13000, "no NVIDIA driver")],
+)
+def test_driver_mismatch(driver, runtime, expected):
+    from edgedx.cuda.driver import driver_mismatch
+
+    got = driver_mismatch(driver, runtime)
+    assert got is None if expected is None else expected in got
+
+
+def test_the_cuda12_extra_pins_a_cuda_python_that_runs_on_cuda_12_drivers():
+    import tomllib
+
+    extras = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(dep.replace(" ", "").startswith("cuda-python>=12.6,<13") for dep in extras["cuda12"]), extras["cuda12"]
+
+
+def test_cuda_python_clear_error_resets_the_last_error():
+    rt = fake_runtime()
+    cuda_python_driver(rt).clear_error()
+    assert rt.cleared == 1
 
 
 def test_every_runtime_name_the_cuda_python_driver_uses_exists():
@@ -248,8 +295,12 @@ def test_batch_range_from_profile():
     r = BatchRange.from_profile((-1, 3, 8, 8), [(1, 3, 8, 8), (8, 3, 8, 8), (32, 3, 8, 8)])
     assert (r.min, r.opt, r.max) == (1, 8, 32)
     r.check(32)
-    with pytest.raises(UsageError, match="outside this engine's profile"):
+    with pytest.raises(UsageError, match=r"batch of 33 is more than this engine takes \(profile 1..32\).*--batch 1,33,33"):
         r.check(33)
+    n_to_n = BatchRange.from_profile((-1, 3, 8, 8), [(4, 3, 8, 8), (4, 3, 8, 8), (4, 3, 8, 8)])
+    n_to_n.check(1)  # below the profile's min: accepted, run padded
+    assert [n_to_n.rows(n) for n in (1, 3, 4)] == [4, 4, 4]
+    assert r.rows(3) == 3
     fixed = BatchRange.from_profile((4, 3, 8, 8), None)
     assert (fixed.min, fixed.max) == (1, 4)  # smaller batches run padded
 
@@ -367,3 +418,111 @@ def test_gpu_errors_name_the_cuda_error(cuda):
     with pytest.raises(CudaError) as info:
         cuda.malloc(1 << 50)  # 1 PiB
     assert "memory" in info.value.name.lower()  # cudaErrorMemoryAllocation / "out of memory"
+
+
+# -- the pycuda driver over a fake pycuda.driver ---------------------------------------------------
+
+
+class FakePycudaError(Exception):
+    pass
+
+
+def fake_pycuda(monkeypatch, *, init_error: str | None = None, count_error: str | None = None):
+    """Install a fake ``pycuda.driver`` that records which thread pushed the context."""
+    import threading
+    import types
+
+    drv = types.ModuleType("pycuda.driver")
+    drv.Error = FakePycudaError
+    drv.pushes = []
+    drv.pops = []
+
+    def init():
+        if init_error:
+            raise FakePycudaError(f"cuInit failed: {init_error}")
+
+    class Context:
+        def push(self):
+            drv.pushes.append(threading.get_ident())
+
+        @staticmethod
+        def pop():
+            drv.pops.append(threading.get_ident())
+
+        def detach(self):
+            drv.detached = True
+
+    class Device:
+        def __init__(self, index):
+            self.index = index
+
+        @staticmethod
+        def count():
+            if count_error:
+                raise FakePycudaError(f"cuDeviceGetCount failed: {count_error}")
+            return 1
+
+        def retain_primary_context(self):
+            return Context()
+
+    def mem_alloc(n):
+        raise FakePycudaError("cuMemAlloc failed: out of memory")
+
+    drv.init, drv.Device, drv.mem_alloc = init, Device, mem_alloc
+    pkg = types.ModuleType("pycuda")
+    pkg.driver = drv
+    monkeypatch.setitem(sys.modules, "pycuda", pkg)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", drv)
+    from edgedx.cuda.pycuda_driver import PyCudaDriver
+
+    return PyCudaDriver(), drv
+
+
+def test_pycuda_errors_carry_the_same_names_as_cuda_python(monkeypatch):
+    driver, _ = fake_pycuda(monkeypatch)
+    with pytest.raises(CudaError, match="cuMemAlloc failed: cudaErrorMemoryAllocation") as info:
+        driver.malloc(1 << 40)
+    assert info.value.name == "cudaErrorMemoryAllocation"
+
+
+@pytest.mark.parametrize(
+    ("where", "text", "name"),
+    [("init", "no CUDA-capable device is detected", "cudaErrorNoDevice"),
+     ("init", "CUDA driver version is insufficient for CUDA runtime version", "cudaErrorInsufficientDriver"),
+     ("count", "initialization error", "cudaErrorInitializationError")],
+)
+def test_pycuda_without_a_usable_driver_probes_zero_devices_for_auto_fallback(monkeypatch, where, text, name):
+    driver, _ = fake_pycuda(monkeypatch, **({"init_error": text} if where == "init" else {"count_error": text}))
+    count, why = driver.probe()
+    assert count == 0 and why.endswith(name)
+
+
+def test_pycuda_makes_the_context_current_on_every_calling_thread(monkeypatch):
+    import threading
+
+    driver, drv = fake_pycuda(monkeypatch)
+    driver.set_device(0)
+    main = threading.get_ident()
+    assert drv.pushes == [main]
+    worker_ids = []
+
+    def worker():
+        worker_ids.append(threading.get_ident())
+        with pytest.raises(CudaError):
+            driver.malloc(16)  # any call: the context is pushed on this thread first
+        with pytest.raises(CudaError):
+            driver.malloc(16)  # and only once
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert drv.pushes == [main, worker_ids[0]]
+    driver.close()
+    assert drv.pops == [main] and drv.detached
+
+
+def test_error_name_for_unknown_text_keeps_the_text():
+    from edgedx.cuda.driver import error_name_for
+
+    assert error_name_for("cuFoo failed: something new") == "something new"
+    assert error_name_for("cuMemAlloc failed: out of memory") == "cudaErrorMemoryAllocation"

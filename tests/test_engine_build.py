@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 
 import export.engine as eng
+import export.engine_builders as engine_builders
 import export.engine_flags as engine_flags
 import export.onnx_precision as onnx_precision
 from edgedx.backends.trt_guard import RuntimeFacts, file_problems, runtime_problems
-from edgedx.errors import BackendUnavailable, ModelError, UsageError
-from export.engine import BUILDER_NAMES, parse_batch, profile_shapes
+from edgedx.errors import BackendError, BackendUnavailable, ModelError, UsageError
+from export.engine import BUILDER_NAMES, RTX_BUILDER_NAMES, parse_batch, profile_shapes
 from export.engine_flags import select_flags
 from export.onnx_precision import check_precision, inspect_onnx
 from tests.test_tensorrt import FakeCuda, attribute_uses
@@ -127,14 +128,15 @@ def test_real_tensorrt_lean_11_matches_the_table():
     assert sorted(_TRT11["BuilderFlag"]) == sorted(m for m in dir(trt.BuilderFlag) if m.isupper())
 
 
-BUILD_RECEIVERS = {"trt": "", "builder": "Builder", "config": "IBuilderConfig", "parser": "OnnxParser",
+BUILD_RECEIVERS = {"trt": "", "trt_builder": "Builder", "config": "IBuilderConfig", "parser": "OnnxParser",
                    "network": "INetworkDefinition", "profile": "IOptimizationProfile"}
 
 
 def test_build_engine_source_uses_only_listed_names():
-    used = set().union(*(attribute_uses(Path(m.__file__), BUILD_RECEIVERS) for m in (eng, engine_flags, onnx_precision)))
-    assert "Builder.build_serialized_network" in used
-    assert sorted(used - set(BUILDER_NAMES)) == []
+    modules = (eng, engine_flags, onnx_precision, engine_builders)
+    used = set().union(*(attribute_uses(Path(m.__file__), BUILD_RECEIVERS) for m in modules))
+    assert "Builder.build_serialized_network" in used and "IBuilderConfig.set_compute_capability" in used
+    assert sorted(used - set(BUILDER_NAMES) - set(RTX_BUILDER_NAMES)) == []
 
 
 # -- flag selection --------------------------------------------------------------------------------
@@ -288,9 +290,9 @@ def test_precision_mismatch_is_refused(tmp_path, have, want, message):
     assert err.value.exit_code == 2
 
 
-def test_asymmetric_uint8_qdq_is_refused(tmp_path):
+def test_uint8_qdq_is_refused_as_the_cpu_flavour(tmp_path):
     info = inspect_onnx(onnx.load(str(tiny_onnx(tmp_path / "m.onnx", "int8", zero_point=TensorProto.UINT8, zp_value=128))))
-    with pytest.raises(UsageError, match="not symmetric int8 Q/DQ.*q_in: zero point type is not int8"):
+    with pytest.raises(UsageError, match=r"m.onnx is the CPU flavour of edgedx export quantize \(uint8 activations, U8S8.*first q_in.*--target tensorrt"):
         check_precision("int8", info, "m.onnx")
 
 
@@ -304,7 +306,8 @@ def test_nonzero_int8_zero_point_is_refused(tmp_path):
 
 def test_parse_batch():
     assert parse_batch("1,8,32") == (1, 8, 32)
-    assert parse_batch("4") == (4, 4, 4)
+    assert parse_batch("4") == (1, 4, 4)  # every batch up to 4 runs: a folder's tail gets its answers
+    assert parse_batch("4,4,4") == (4, 4, 4)
     for bad in ("8,1,32", "0,1,2", "a,b,c", "1,2"):
         with pytest.raises(UsageError, match="--batch"):
             parse_batch(bad)
@@ -414,7 +417,11 @@ def fake_builder_trt(major: int, record: dict):
 def fake_build(monkeypatch):
     """build_engine against a fake TensorRT ``major`` (set state['major']) and a fake CUDA device."""
     state = {"major": 10, "cuda": FakeCuda(), "record": {}}
-    monkeypatch.setattr(eng, "_import_tensorrt_builder", lambda: fake_builder_trt(state["major"], state["record"]))
+    def fake_import(requested):
+        trt = fake_builder_trt(state["major"], state["record"])
+        return engine_builders.Builder("tensorrt", trt, trt.__version__)
+
+    monkeypatch.setattr(eng, "_import_builder", fake_import)
     monkeypatch.setattr("edgedx.cuda.open_driver", lambda binding="auto": state["cuda"])
     return state
 
@@ -521,7 +528,7 @@ def test_built_engine_opens_in_the_session(tmp_path, fake_build, monkeypatch):
     report = eng.build_engine(model, precision="fp32", batch=(1, 2, 4))
     cuda = FakeCuda()
     monkeypatch.setattr(trt_backend, "open_driver", lambda binding="auto": cuda)
-    monkeypatch.setattr(trt_backend, "import_tensorrt", lambda: (FakeTRT(cuda, version=report.tensorrt_version), False))
+    monkeypatch.setattr(trt_backend, "import_tensorrt", lambda builder="tensorrt": (FakeTRT(cuda, version=report.tensorrt_version), False))
     with trt_backend.TensorRTSession(report.engine) as sess:
         assert sess.describe()["precision"] == "fp32"
         assert sess.manifest.labels == ("NORMAL", "PNEUMONIA")
@@ -600,3 +607,142 @@ def test_gpu_truncated_plan_is_a_clear_error_not_a_crash(tmp_path, real_builder)
     with pytest.raises(EngineGuardError, match="could not deserialize model.engine") as info:
         TensorRTSession(report.engine)
     assert info.value.fallback_onnx == tmp_path / "model.onnx"
+
+
+# -- first-contact fixes: what the build report and the sidecar may claim --------------------------------
+
+
+def test_an_unreadable_timing_cache_is_reported_as_replaced_not_loaded(tmp_path, fake_build, monkeypatch):
+    """TensorRT answers a foreign or corrupt cache with an *empty* cache and a warning, not an error."""
+    real_builder = fake_build["record"]
+    model = tiny_onnx(tmp_path / "model.onnx", "fp16")
+    cache = tmp_path / "tc.bin"
+    cache.write_bytes(b"garbage")
+    original = eng._import_builder
+
+    def replacing(requested):
+        chosen = original(requested)
+        make = chosen.module.Builder
+
+        def builder(logger):
+            b = make(logger)
+            config = real_builder["config"]
+            object.__setattr__(config, "create_timing_cache", lambda blob: type("C", (), {"serialize": lambda self: b"EMPTY"})())
+            return b
+
+        object.__setattr__(chosen.module, "Builder", builder)
+        return chosen
+
+    monkeypatch.setattr(eng, "_import_builder", replacing)
+    report = eng.build_engine(model, precision="fp16", timing_cache=cache)
+    assert report.timing_cache_state is eng.CacheState.REPLACED and not report.timing_cache_loaded
+    assert "was unreadable here, TensorRT started an empty one" in report.summary()
+    assert json.loads(report.sidecar.read_text())["engine"]["build"]["timing_cache_state"] == "replaced"
+
+
+def test_a_new_timing_cache_is_reported_as_new(tmp_path, fake_build):
+    report = eng.build_engine(tiny_onnx(tmp_path / "model.onnx", "fp16"), precision="fp16", timing_cache=tmp_path / "tc.bin")
+    assert report.timing_cache_state is eng.CacheState.NEW and report.timing_cache_saved
+
+
+def test_hardware_compatibility_the_builder_ignores_is_refused_not_recorded(tmp_path, fake_build, monkeypatch):
+    original = eng._import_builder
+
+    def ignoring(requested):
+        chosen = original(requested)
+        make = chosen.module.Builder
+
+        def builder(logger):
+            b = make(logger)
+            config = fake_build["record"]["config"]
+            cls = type(config)
+            cls.hardware_compatibility_level = property(lambda self: "HardwareCompatibilityLevel.NONE", lambda self, v: None)
+            return b
+
+        object.__setattr__(chosen.module, "Builder", builder)
+        return chosen
+
+    monkeypatch.setattr(eng, "_import_builder", ignoring)
+    model = tiny_onnx(tmp_path / "model.onnx", "fp16")
+    with pytest.raises(BackendError, match="did not keep --hardware-compatible"):
+        eng.build_engine(model, precision="fp16", hardware_compatible=True)
+    assert not (tmp_path / "model.engine").exists() and not (tmp_path / "model.engine.json").exists()
+
+
+def test_a_name_missing_from_the_installed_tensorrt_is_a_clean_error():
+    trt = type("trt", (), {"__version__": "10.0.1", "BuilderFlag": type("BuilderFlag", (), {})})
+    with pytest.raises(BackendUnavailable, match="TensorRT 10.0.1 has no BuilderFlag.INT8, which this build needs") as info:
+        eng._resolve(trt, "BuilderFlag.INT8")
+    assert info.value.exit_code == 3
+
+
+def test_the_default_profile_is_1_8_16_or_the_onnx_fixed_batch():
+    assert profile_shapes(["N", 1, 8, 8], None) == ((1, 1, 8, 8), (8, 1, 8, 8), (16, 1, 8, 8))
+    assert profile_shapes([4, 1, 8, 8], None) is None
+
+
+def test_default_build_profile_lets_every_batch_up_to_16_run(tmp_path, fake_build):
+    report = eng.build_engine(tiny_onnx(tmp_path / "model.onnx", "fp32"), precision="fp32")
+    assert fake_build["record"]["profile"] == ("input", (1, 1, 4, 4), (8, 1, 4, 4), (16, 1, 4, 4))
+    assert "batch 1x8x16" in report.summary()
+
+
+def test_dla_asks_for_a_fixed_batch_in_the_new_notation(tmp_path, fake_build):
+    with pytest.raises(UsageError, match="give --batch N,N,N"):
+        eng.build_engine(tiny_onnx(tmp_path / "model.onnx", "fp16"), precision="fp16", batch=parse_batch("4"), dla_core=0)
+
+
+# -- choosing the builder ------------------------------------------------------------------------------
+
+
+def _importer(available: dict):
+    def importer(name):
+        if name not in available:
+            exc = ImportError(f"No module named {name!r}")
+            exc.name = name
+            raise exc
+        return available[name]
+
+    return importer
+
+
+def test_auto_prefers_tensorrt_then_tensorrt_rtx():
+    full, rtx = type("m", (), {"__version__": "10.3.0"}), type("m", (), {"__version__": "1.7.1.116"})
+    assert engine_builders.choose_builder("auto", _importer({"tensorrt": full, "tensorrt_rtx": rtx})).name == "tensorrt"
+    chosen = engine_builders.choose_builder("auto", _importer({"tensorrt_rtx": rtx}))
+    assert (chosen.name, chosen.version, chosen.needs_gpu, chosen.label) == ("tensorrt-rtx", "1.7.1.116", False, "TensorRT-RTX")
+
+
+def test_missing_builders_are_clean_errors():
+    with pytest.raises(BackendUnavailable, match=r"tensorrt is not installed.*tensorrt-rtx is not installed \(pip install 'edgedx\[rtx\]'") as info:
+        engine_builders.choose_builder("auto", _importer({}))
+    assert info.value.exit_code == 3
+    with pytest.raises(BackendUnavailable, match=r"tensorrt-rtx is not installed"):
+        engine_builders.choose_builder("tensorrt-rtx", _importer({"tensorrt": type("m", (), {"__version__": "10.3"})}))
+    with pytest.raises(BackendUnavailable, match="tensorrt has no __version__: a broken install"):
+        engine_builders.choose_builder("tensorrt", _importer({"tensorrt": type("m", (), {})}))
+    with pytest.raises(UsageError, match="unknown builder 'trtx'"):
+        engine_builders.choose_builder("trtx")
+
+
+def test_parse_compute_capabilities():
+    assert engine_builders.parse_compute_capabilities("12.0, 8.6,8.9,8.6") == ("8.6", "8.9", "12.0")
+    assert engine_builders.parse_compute_capabilities(None) is None
+    with pytest.raises(UsageError, match="'9.0' is not one TensorRT-RTX can target"):
+        engine_builders.parse_compute_capabilities("8.6,9.0")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"version_compatible": True}, "--version-compatible"), ({"hardware_compatible": True}, "--hardware-compatible"),
+     ({"dla_core": 0}, "--dla-core"), ({"dla_core": 0, "gpu_fallback": True}, "--gpu-fallback")],
+)
+def test_rtx_refuses_what_it_cannot_honour(kwargs, message):
+    with pytest.raises(UsageError, match=f"TensorRT-RTX cannot honour.*{message}"):
+        select_flags(1, "fp16", builder="tensorrt-rtx", **kwargs)
+    assert select_flags(1, "int8", builder="tensorrt-rtx") == engine_flags.BuildFlags()  # strongly typed: no precision flag
+
+
+def test_compute_capability_with_the_tensorrt_builder_is_refused(tmp_path, fake_build):
+    with pytest.raises(UsageError, match="--compute-capability applies to --builder tensorrt-rtx"):
+        eng.build_engine(tiny_onnx(tmp_path / "model.onnx", "fp16"), precision="fp16", compute_capabilities=("8.6",))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-HEAVY = ("torch", "tensorflow", "keras", "tensorrt", "tensorrt_lean", "cuda", "pycuda", "onnxruntime", "openvino", "pydicom", "onnx")
+HEAVY = ("torch", "tensorflow", "keras", "tensorrt", "tensorrt_lean", "tensorrt_rtx", "cuda", "pycuda", "onnxruntime", "openvino", "pydicom", "onnx")
 
 
 def loaded_after(statement: str) -> set[str]:
@@ -21,7 +21,7 @@ def test_cli_import_loads_nothing_heavy():
 
 def test_api_import_loads_no_gpu_or_training_stack():
     mods = loaded_after("import edgedx.api, edgedx.decode, edgedx.preprocess")
-    assert not mods & {"torch", "tensorflow", "keras", "tensorrt", "tensorrt_lean", "cuda", "pycuda", "pydicom", "openvino"}
+    assert not mods & {"torch", "tensorflow", "keras", "tensorrt", "tensorrt_lean", "tensorrt_rtx", "cuda", "pycuda", "pydicom", "openvino"}
 
 
 def test_help_runs_without_loading_backends():

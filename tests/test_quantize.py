@@ -53,7 +53,7 @@ def fp32(tmp_path: Path) -> Path:
 
 def test_cpu_target_is_u8s8_per_channel(tmp_path: Path, fp32: Path, xray_files: list[Path]):
     out = tmp_path / "int8.onnx"
-    summary = quantize(fp32, out, xray_files, QuantizeOptions(target=Target.CPU, method=Method.MINMAX, num_images=6))
+    summary = quantize(fp32, out, xray_files, QuantizeOptions(target=Target.CPU, method=Method.MINMAX, num_images=6, float_input_layer=False))
     inits = initializers(out)
     act_zp = [inits[n.input[2]] for n in qdq_nodes(out, "QuantizeLinear")]
     assert act_zp and all(z.dtype == np.uint8 for z in act_zp)  # U8 activations
@@ -67,15 +67,23 @@ def test_cpu_target_is_u8s8_per_channel(tmp_path: Path, fp32: Path, xray_files: 
     assert m.precision == "int8" and m.labels == ("NORMAL", "PNEUMONIA") and m.threshold == 0.5
     assert q["target"] == "cpu" and q["method"] == "minmax" and q["images"] == 6 and q["excluded"] == []
     assert q["source_sha256"] == file_sha256(fp32) and summary["sha256"] == file_sha256(out)
+    # Scores: with the image-reading layer float (the default). ONNX Runtime's U8S8 kernels saturate
+    # on x86 CPUs without VNNI, worst on a quantized first conv (see QuantizeOptions.float_input_layer).
+    default = tmp_path / "int8_default.onnx"
+    quantize(fp32, default, xray_files, QuantizeOptions(target=Target.CPU, method=Method.MINMAX, num_images=6))
     images = [decode.decode_file(f)[0].image for f in xray_files]
-    with Classifier(fp32, "onnxruntime") as a, Classifier(out, "onnxruntime") as b:
+    with Classifier(fp32, "onnxruntime") as a, Classifier(default, "onnxruntime") as b:
         assert np.abs(a.predict_proba(images) - b.predict_proba(images)).max() < 0.05
 
 
 def test_tensorrt_target_is_symmetric_s8s8(tmp_path: Path, fp32: Path, xray_files: list[Path]):
     out = tmp_path / "trt.onnx"
-    quantize(fp32, out, xray_files, QuantizeOptions(target=Target.TENSORRT, method=Method.PERCENTILE, num_images=6))
+    quantize(fp32, out, xray_files, QuantizeOptions(target=Target.TENSORRT, method=Method.PERCENTILE, num_images=6, float_input_layer=False))
     inits = initializers(out)
+    # TensorRT's parser dequantizes only 8-bit tensors: biases stay float (no int32 DequantizeLinear).
+    assert not [n.name for n in qdq_nodes(out, "DequantizeLinear") if n.input[0] in inits and inits[n.input[0]].dtype == np.int32]
+    conv = next(n for n in onnx.load(str(out)).graph.node if n.op_type == "Conv")
+    assert inits[conv.input[2]].dtype == np.float32
     zero_points = [inits[n.input[2]] for op in ("QuantizeLinear", "DequantizeLinear") for n in qdq_nodes(out, op)
                    if len(n.input) > 2 and inits[n.input[2]].dtype != np.int32]
     assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
@@ -83,9 +91,29 @@ def test_tensorrt_target_is_symmetric_s8s8(tmp_path: Path, fp32: Path, xray_file
     assert manifest_mod.load(out).provenance["quantization"]["target"] == "tensorrt"
 
 
+@pytest.mark.parametrize("target", list(Target))
+def test_the_layer_that_reads_the_image_stays_float_by_default(tmp_path: Path, fp32: Path, xray_files: list[Path], target: Target):
+    out = tmp_path / "int8.onnx"
+    summary = quantize(fp32, out, xray_files, QuantizeOptions(target=target, method=Method.MINMAX, num_images=4))
+    conv = next(n for n in onnx.load(str(out)).graph.node if n.op_type == "Conv")
+    assert initializers(out)[conv.input[1]].dtype == np.float32  # weights not quantized
+    assert summary["excluded"] == [conv.name] == manifest_mod.load(out).provenance["quantization"]["excluded"]
+    assert qdq_nodes(out, "QuantizeLinear")  # the rest is quantized
+
+
+def test_reduce_range_keeps_weights_in_7_bits(tmp_path: Path, fp32: Path, xray_files: list[Path]):
+    out = tmp_path / "int8.onnx"
+    quantize(fp32, out, xray_files, QuantizeOptions(method=Method.MINMAX, num_images=4, reduce_range=True, float_input_layer=False))
+    inits = initializers(out)
+    weights = [inits[n.input[0]] for n in qdq_nodes(out, "DequantizeLinear") if n.input[0] in inits and inits[n.input[0]].dtype == np.int8]
+    assert weights and all(int(np.abs(w).max()) <= 64 for w in weights)  # symmetric 7-bit: [-64, 64]
+    assert max(int(np.abs(w).max()) for w in weights) > 32  # the range is used, not collapsed
+    assert "7-bit" in manifest_mod.load(out).provenance["quantization"]["weights"]
+
+
 def test_exclude_by_op_type_keeps_the_node_in_float(tmp_path: Path, fp32: Path, xray_files: list[Path]):
     out = tmp_path / "int8.onnx"
-    summary = quantize(fp32, out, xray_files, QuantizeOptions(method=Method.MINMAX, num_images=4, exclude=("Gemm",)))
+    summary = quantize(fp32, out, xray_files, QuantizeOptions(method=Method.MINMAX, num_images=4, exclude=("Gemm",), float_input_layer=False))
     assert len(summary["excluded"]) == 1
     gemm = next(n for n in onnx.load(str(out)).graph.node if n.op_type == "Gemm")
     assert initializers(out)[gemm.input[1]].dtype == np.float32  # weights not quantized
@@ -158,9 +186,9 @@ def test_gate_catches_corrupted_weight_scales_via_cli(tmp_path: Path, bright):
     quantize(model, good, calib, QuantizeOptions(method=Method.MINMAX, num_images=24))
     proto = onnx.load(str(good))
     inits = {t.name: t for t in proto.graph.initializer}
-    for node in proto.graph.node:  # the conv weights' scales with a sign error
+    for node in proto.graph.node:  # the quantized weights' scales with a sign error
         weight = inits.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
-        if weight is not None and weight.data_type == onnx.TensorProto.INT8 and len(weight.dims) == 4:
+        if weight is not None and weight.data_type == onnx.TensorProto.INT8 and len(weight.dims) in (2, 4):
             scale = inits[node.input[1]]
             scale.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(scale), scale.name))
     broken = tmp_path / "broken.onnx"

@@ -17,7 +17,7 @@ import edgedx.backends.trt_runtime as trt_runtime
 from edgedx.backends.base import SessionOptions
 from edgedx.backends.tensorrt import TensorRTSession
 from edgedx.backends.trt_guard import EngineGuardError, RuntimeFacts, fallback_onnx, file_problems, runtime_problems
-from edgedx.backends.trt_runtime import TRT_RUNTIME_NAMES
+from edgedx.backends.trt_runtime import TRT_OPTIONAL_RUNTIME_NAMES, TRT_RUNTIME_NAMES
 from edgedx.cuda import CudaDriver, CudaError, DeviceInfo
 from edgedx.errors import BackendUnavailable, UsageError
 
@@ -80,7 +80,7 @@ def test_the_name_list_covers_every_tensorrt_use_in_the_runtime_modules():
     used = set().union(*(attribute_uses(Path(m.__file__), RECEIVERS) for m in RUNTIME_MODULES))
     assert "IExecutionContext.execute_async_v3" in used and "Runtime.deserialize_cuda_engine" in used
     assert "ILogger.Severity.ERROR" in used  # make_logger, in trt_runtime
-    unlisted = sorted(u for u in used if u not in TRT_RUNTIME_NAMES)
+    unlisted = sorted(u for u in used if u not in TRT_RUNTIME_NAMES + TRT_OPTIONAL_RUNTIME_NAMES)
     assert not unlisted, f"used but not in TRT_RUNTIME_NAMES: {unlisted}"
 
 
@@ -297,7 +297,8 @@ class FakeCuda(CudaDriver):
         self.closed = True
 
 
-ALLOWED = set(TRT_RUNTIME_NAMES) | {n.split('.')[0] for n in TRT_RUNTIME_NAMES}
+NAMES = (*TRT_RUNTIME_NAMES, *TRT_OPTIONAL_RUNTIME_NAMES)
+ALLOWED = set(NAMES) | {n.split('.')[0] for n in NAMES}
 
 
 class Strict:
@@ -343,13 +344,13 @@ class FakeEngine(Strict):
 
     def get_tensor_shape(self, name):
         b = -1 if self._dynamic else 4
-        return (b, 2, 4) if name == "input" else (b, 3)
+        return (b, *self._trt._row) if name == "input" else (b, 3)
 
     def get_tensor_dtype(self, name):
         return _Named(self._in_dtype if name == "input" else "FLOAT")
 
     def get_tensor_profile_shape(self, name, profile):
-        return [(1, 2, 4), (2, 2, 4), (4, 2, 4)]
+        return [(p[0], *self._trt._row) for p in self._trt._profile]
 
     def create_execution_context(self):
         return FakeContext(self)
@@ -365,13 +366,14 @@ class FakeContext(Strict):
         self._runs = 0
 
     def set_input_shape(self, name, shape):
-        if not 1 <= shape[0] <= 4 or tuple(shape[1:]) != (2, 4):
+        lo, hi = self._engine._trt._profile[0][0], self._engine._trt._profile[2][0]
+        if not lo <= shape[0] <= hi or tuple(shape[1:]) != self._engine._trt._row:
             return False
         self._batch = shape[0]
         return True
 
     def get_tensor_shape(self, name):
-        return (self._batch, 2, 4) if name == "input" else (self._batch, 3)
+        return (self._batch, *self._engine._trt._row) if name == "input" else (self._batch, 3)
 
     def set_tensor_address(self, name, ptr):
         self._addr[name] = ptr
@@ -405,6 +407,15 @@ class FakeRuntime(Strict):
         return FakeEngine(self._trt, in_dtype=self._trt._in_dtype, dynamic=self._trt._dynamic)
 
 
+class FakeRTXRuntime(FakeRuntime):
+    """TensorRT-RTX's runtime: asks the plan's header first."""
+
+    def get_engine_validity(self, plan):
+        self._trt._validity_checked = bytes(plan)
+        name, diagnostics = self._trt._validity
+        return _Named(name), diagnostics
+
+
 class FakeTRT(Strict):
     _cls = ""
 
@@ -415,10 +426,14 @@ class FakeTRT(Strict):
         def __init__(self):
             pass
 
-    def __init__(self, cuda, version="10.3.0.30", in_dtype="FLOAT", dynamic=True):
+    def __init__(self, cuda, version="10.3.0.30", in_dtype="FLOAT", dynamic=True, profile=((1, 2, 4), (2, 2, 4), (4, 2, 4)), validity=None,
+                 row=(2, 4)):
         self._cuda = cuda
+        self._row = tuple(row)  # the input's non-batch dims: (1, 2, 4) for an NCHW image model
         self._in_dtype = in_dtype
         self._dynamic = dynamic
+        self._profile = profile
+        self._validity = validity  # (name, diagnostics): a TensorRT-RTX runtime with get_engine_validity
         self._INPUT, self._OUTPUT = object(), object()
         self._runtimes = []
         object.__setattr__(self, "__version__", version)
@@ -427,8 +442,12 @@ class FakeTRT(Strict):
     def TensorIOMode(self):
         return type("TensorIOMode", (), {"INPUT": self._INPUT, "OUTPUT": self._OUTPUT})
 
+    @property
+    def EngineInvalidityDiagnostics(self):
+        return type("EngineInvalidityDiagnostics", (), {"VERSION_MISMATCH": 1, "UNSUPPORTED_CC": 2, "MALFORMED_ENGINE": 32})
+
     def Runtime(self, logger):
-        runtime = FakeRuntime(logger)
+        runtime = (FakeRTXRuntime if self._validity else FakeRuntime)(logger)
         runtime._trt = self
         self._runtimes.append(runtime)
         return runtime
@@ -462,13 +481,18 @@ def fakes(monkeypatch):
     def fake_open_driver(binding="auto"):
         return state["cuda"]
 
-    def fake_import():
+    def fake_import(builder="tensorrt"):
         state["imports"] += 1
+        state["builder"] = builder
         state["trt"] = FakeTRT(state["cuda"], **state["trt_kwargs"])
         return state["trt"], state.get("lean", False)
 
     monkeypatch.setattr(trt_backend, "open_driver", fake_open_driver)
     monkeypatch.setattr(trt_backend, "import_tensorrt", fake_import)
+    # --backend tensorrt probes the device before opening anything: the fake driver answers that too.
+    import edgedx.cuda.driver as cuda_driver
+
+    monkeypatch.setattr(cuda_driver, "open_driver", fake_open_driver)
     return state
 
 
@@ -557,7 +581,7 @@ def test_run_returns_the_first_output_and_timings(tmp_path, fakes):
         assert set(sess.last_timings()) == {"h2d", "compute", "d2h"}
         with pytest.raises(UsageError, match="exceeds this model's maximum batch 4"):
             sess.run(np.zeros((5, 2, 4), np.float32))
-        with pytest.raises(UsageError, match="outside this engine's profile"):
+        with pytest.raises(UsageError, match="more than this engine takes"):
             sess.submit(np.zeros((5, 2, 4), np.float32))
         with pytest.raises(UsageError, match="each sample must have shape"):
             sess.run(np.zeros((1, 4, 2), np.float32))
@@ -678,6 +702,7 @@ def test_describe_reports_what_runs(tmp_path, fakes):
         "cuda_binding": "fake-cuda",
         "cuda_graph": "on",
         "batch": [1, 2, 4],
+        "builder": "tensorrt",
     }
 
 
@@ -719,3 +744,196 @@ def test_gpu_garbage_plan_is_a_clear_error_not_a_crash(tmp_path, real_gpu_facts,
     engine = write_engine(tmp_path, plan=plan, **real_gpu_facts)
     with pytest.raises(EngineGuardError, match="could not deserialize model.engine"):
         TensorRTSession(engine, SessionOptions(trust_engine=True))
+
+
+# -- first-contact fixes over the fakes ------------------------------------------------------------
+
+
+def test_an_n_to_n_profile_runs_a_smaller_tail_batch_padded(tmp_path, fakes):
+    """`--batch 4` used to build 4..4 and refuse a folder's tail; now the tail runs padded."""
+    fakes["trt_kwargs"] = {"profile": ((4, 2, 4), (4, 2, 4), (4, 2, 4))}
+    engine = write_engine(tmp_path)
+    with TensorRTSession(engine) as sess:
+        assert sess.max_batch_size == 4
+        full = np.full((4, 2, 4), 1.0, np.float32)
+        np.testing.assert_allclose(sess.run(full), expected(full))
+        buf = sess.input_buffer(3)
+        buf[:] = np.arange(24, dtype=np.float32).reshape(3, 2, 4)
+        got = sess.run(buf)
+        assert got.shape == (3, 3)
+        np.testing.assert_allclose(got, expected(np.arange(24, dtype=np.float32).reshape(3, 2, 4)))
+        one = np.full((1, 2, 4), 2.0, np.float32)
+        np.testing.assert_allclose(sess.run(one), expected(one))
+
+
+def three_label_engine(tmp_path: Path) -> Path:
+    """An image-model engine (N, 1, 2, 4) -> 3 logits, with a sidecar of three labels."""
+    engine = write_engine(tmp_path)
+    sidecar = json.loads((tmp_path / "model.engine.json").read_text())
+    sidecar["labels"] = ["a", "b", "c"]
+    (tmp_path / "model.engine.json").write_text(json.dumps(sidecar))
+    return engine
+
+
+def test_the_classifier_answers_every_image_of_a_folder_whose_size_the_batch_does_not_divide(tmp_path, fakes):
+    from edgedx.api import Classifier
+
+    fakes["trt_kwargs"] = {"profile": ((4,), (4,), (4,)), "row": (1, 2, 4)}
+    engine = three_label_engine(tmp_path)
+    images = [np.full((2, 4), 10 * i, np.uint8) for i in range(6)]
+    with Classifier(engine, "tensorrt", batch_size=4, use_gate=False, workers=0) as clf:
+        probs = clf.predict_proba(images)
+        results = list(clf.classify_many(images))
+    assert probs.shape == (6, 3)
+    assert [r.status for r in results] == ["ok"] * 6
+
+
+def test_a_classifier_batch_larger_than_the_engine_is_said_not_silently_capped(tmp_path, fakes, caplog):
+    from edgedx.api import Classifier
+
+    fakes["trt_kwargs"] = {"row": (1, 2, 4)}
+    engine = three_label_engine(tmp_path)
+    with caplog.at_level("WARNING", logger="edgedx"), Classifier(engine, "tensorrt", batch_size=16, workers=0) as clf:
+        assert clf.batch_size == 4
+    (message,) = [r.getMessage() for r in caplog.records if "batch size" in r.getMessage()]
+    assert "batch size 16 is more than model.engine takes (at most 4): running batches of 4" in message
+    assert "--batch 1,16,16" in message
+
+
+class RaisingCapture(FakeCuda):
+    """A driver whose capture breaks inside TensorRT's enqueue (not a CudaError)."""
+
+    def __init__(self):
+        super().__init__()
+        self.cleared = 0
+        self.open_captures = 0
+
+    def graph_begin_capture(self, stream):
+        super().graph_begin_capture(stream)
+        self.open_captures += 1
+
+    def graph_end_capture(self, stream):
+        self.open_captures -= 1
+        return super().graph_end_capture(stream)
+
+    def clear_error(self):
+        self.cleared += 1
+
+
+def test_a_capture_failure_of_any_kind_is_cleaned_up_once_and_graphs_stay_off(tmp_path, fakes, monkeypatch):
+    fakes["cuda"] = cuda = RaisingCapture()
+    engine = write_engine(tmp_path)
+    with TensorRTSession(engine) as sess:
+        real = sess._context.execute_async_v3
+
+        def execute(stream):
+            if cuda.capturing is not None:
+                raise RuntimeError("TensorRT: enqueue is not capturable for this engine")
+            return real(stream)
+
+        object.__setattr__(sess._context, "execute_async_v3", execute)
+        for i in range(5):
+            batch = np.full((2, 2, 4), float(i), np.float32)
+            np.testing.assert_allclose(sess.run(batch), expected(batch))
+        assert cuda.log.count("begin_capture") == 1  # never retried
+        assert cuda.open_captures == 0  # the capture was ended
+        assert cuda.log.count("graph_destroy") == 1  # and its partial graph freed
+        assert cuda.cleared == 1  # CUDA's last error reset, once
+        assert "capture failed: TensorRT: enqueue is not capturable" in sess.describe()["cuda_graph"]
+
+
+def test_graphs_are_destroyed_before_the_context_and_engine_on_close(tmp_path, fakes):
+    cuda = fakes["cuda"]
+    engine = write_engine(tmp_path)
+    sess = TensorRTSession(engine)
+    seen = []
+    original = cuda.graph_destroy
+
+    def graph_destroy(graph):
+        seen.append((sess._context is not None, sess._engine is not None))
+        original(graph)
+
+    cuda.graph_destroy = graph_destroy
+    for _ in range(2):
+        sess.run(np.ones((2, 2, 4), np.float32))
+    assert sess._graph is not None
+    sess.close()
+    assert seen == [(True, True)]
+    assert sess._context is None and sess._engine is None and cuda.closed
+
+
+def test_an_rtx_engine_loads_tensorrt_rtx_and_runs_on_any_target(tmp_path, fakes):
+    fakes["trt_kwargs"] = {"version": "1.7.1.116", "validity": ("VALID", 0)}
+    engine = write_engine(tmp_path, builder="tensorrt-rtx", tensorrt_version="1.7.1.116", gpu_name=None, compute_capability=None,
+                          compute_capabilities=["8.6", "8.7", "12.0"])
+    with TensorRTSession(engine) as sess:
+        assert fakes["builder"] == "tensorrt-rtx"
+        assert fakes["trt"]._validity_checked == b"PLAN-fake"
+        info = sess.describe()
+        assert info["runtime"] == "tensorrt_rtx" and info["builder"] == "tensorrt-rtx"
+        batch = np.ones((3, 2, 4), np.float32)
+        np.testing.assert_allclose(sess.run(batch), expected(batch))
+
+
+def test_an_rtx_engine_not_built_for_this_gpu_is_refused_with_the_rebuild(tmp_path, fakes):
+    fakes["trt_kwargs"] = {"version": "1.7.1.116", "validity": ("VALID", 0)}
+    engine = write_engine(tmp_path, builder="tensorrt-rtx", tensorrt_version="1.7.1.116", gpu_name=None, compute_capability=None,
+                          compute_capabilities=["8.6", "8.9", "12.0"])
+    with pytest.raises(EngineGuardError, match=r"built for compute capability 8.6, 8.9, 12.0; this GPU \(Fake GPU\) is 8.7: rebuild it with --compute-capability 8.7") as info:
+        TensorRTSession(engine)
+    assert info.value.fallback_onnx == tmp_path / "model.onnx"
+
+
+def test_get_engine_validity_refusal_is_a_guard_error_naming_the_diagnostics(tmp_path, fakes):
+    fakes["trt_kwargs"] = {"version": "1.7.1.116", "validity": ("INVALID", 1 | 32)}
+    engine = write_engine(tmp_path, builder="tensorrt-rtx", tensorrt_version="1.7.1.116", compute_capabilities=["8.7"])
+    with pytest.raises(EngineGuardError, match="TensorRT-RTX says the engine cannot run here: built with another TensorRT-RTX version; the plan is malformed") as info:
+        TensorRTSession(engine)
+    assert info.value.fallback_onnx == tmp_path / "model.onnx"
+    assert fakes["trt"]._runtimes and not hasattr(fakes["trt"], "_engines")
+
+
+def test_guard_rtx_versions_and_families():
+    rtx = {**BUILT, "builder": "tensorrt-rtx", "tensorrt_version": "1.7.1.116", "compute_capabilities": ["8.6", "12.0"]}
+    assert runtime_problems(rtx, RuntimeFacts("1.7.1.116", False, "12.0", "RTX 5090", "tensorrt-rtx"), False) == []
+    (problem,) = runtime_problems(rtx, RuntimeFacts("1.8.0.1", False, "8.6", "RTX A6000", "tensorrt-rtx"), False)
+    assert "built with TensorRT-RTX 1.7.1.116, this machine has 1.8.0.1" in problem
+    (problem,) = runtime_problems(BUILT, RuntimeFacts("1.7.1.116", False, "8.7", "Orin", "tensorrt-rtx"), False)
+    assert "engine built with tensorrt, this runtime is tensorrt-rtx" in problem
+
+
+def test_validity_problems():
+    flags = {"VERSION_MISMATCH": 1, "UNSUPPORTED_CC": 2, "OLD_CUDA_DRIVER": 4}
+    assert trt_guard.validity_problems("VALID", 0, flags) == []
+    assert trt_guard.validity_problems("SUBOPTIMAL", 0, flags) == []
+    (problem,) = trt_guard.validity_problems("INVALID", 2 | 4, flags)
+    assert problem.endswith("not built for this GPU's compute capability; the NVIDIA driver is too old for it")
+
+
+def test_no_cuda_binding_at_all_still_offers_the_source_onnx(tmp_path, fakes, monkeypatch):
+    def no_binding(binding="auto"):
+        raise BackendUnavailable("no CUDA Python binding installed: pip install cuda-python (or pycuda)")
+
+    monkeypatch.setattr(trt_backend, "open_driver", no_binding)
+    engine = write_engine(tmp_path)
+    with pytest.raises(BackendUnavailable, match="no CUDA Python binding") as info:
+        TensorRTSession(engine)
+    assert info.value.fallback_onnx == tmp_path / "model.onnx"
+    assert fakes["imports"] == 0
+
+
+def test_tensorrt_rtx_missing_is_backend_unavailable_with_the_install_line(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_rtx(name, *args, **kwargs):
+        if name == "tensorrt_rtx":
+            raise ImportError("No module named 'tensorrt_rtx'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_rtx)
+    with pytest.raises(BackendUnavailable, match=r"pip install 'edgedx\[rtx\]'"):
+        trt_runtime.import_tensorrt("tensorrt-rtx")
+    with pytest.raises(BackendUnavailable, match="engine built with 'trt9'"):
+        trt_runtime.import_tensorrt("trt9")

@@ -5,9 +5,12 @@ Opening an engine, in order:
 1. the sidecar ``<engine>.json`` exists, is a valid manifest with an ``engine`` section, and its
    sha256 matches the plan file (:func:`file_problems`);
 2. a CUDA device exists (no TensorRT object is created without one: TensorRT can crash the process);
-3. the installed TensorRT version and this GPU's compute capability are ones the engine runs on,
-   and engines that carry host code (version-compatible) are trusted (:func:`runtime_problems`);
-4. the plan is deserialized with ``tensorrt`` or, when only it is installed, ``tensorrt_lean``.
+3. the installed TensorRT version and this GPU's compute capability are ones the engine runs on
+   (for a TensorRT-RTX plan: any of the compute capabilities it was built for), and engines that
+   carry host code (version-compatible) are trusted (:func:`runtime_problems`);
+4. the plan is deserialized with ``tensorrt`` or, when only it is installed, ``tensorrt_lean``;
+   with ``tensorrt_rtx`` when the sidecar says ``"builder": "tensorrt-rtx"``, after the runtime's
+   own ``get_engine_validity`` check where it offers one.
 
 A failure of 1, 3 or 4 raises :class:`EngineGuardError` whose ``fallback_onnx`` names the engine's
 source ONNX when it still exists, so ``backend="auto"`` can run that on ONNX Runtime instead. The
@@ -27,7 +30,9 @@ the GPU runs::
     out = sess.wait()
 
 ``run(batch)`` is ``submit`` then ``wait``. Outputs are returned as new float32 arrays
-(``reuses_output_buffers`` is False).
+(``reuses_output_buffers`` is False). Any batch of 1..the profile's max runs: below the profile's
+min (an N..N engine given a folder's tail batch) or below a fixed batch, the input is padded with
+zero rows, which are computed and dropped.
 """
 
 from __future__ import annotations
@@ -44,14 +49,16 @@ from edgedx.backends.trt_guard import (  # noqa: F401  (re-exported: the guard's
     HARDWARE_COMPATIBLE_MIN_MAJOR,
     EngineGuardError,
     RuntimeFacts,
+    engine_builder,
     fallback_onnx,
     file_problems,
     read_sidecar,
     runtime_problems,
     sha256_file,
+    validity_problems,
 )
-from edgedx.backends.trt_runtime import TRT_RUNTIME_NAMES, import_tensorrt, make_logger  # noqa: F401  (re-exported)
-from edgedx.cuda import CudaError, Resources, open_driver
+from edgedx.backends.trt_runtime import RUNTIME_MODULES, TRT_RUNTIME_NAMES, import_tensorrt, make_logger  # noqa: F401  (re-exported)
+from edgedx.cuda import Resources, open_driver
 from edgedx.cuda.pipeline import BatchRange, GraphAction, SlotRing, graph_action, max_shape, numpy_dtype, tensor_nbytes
 from edgedx.errors import BackendError, BackendUnavailable, ModelError, UsageError
 
@@ -111,19 +118,26 @@ class TensorRTSession(Session):
         built = self.manifest.engine
 
         # A CUDA device must exist before any TensorRT object does.
-        self._driver = open_driver(self.options.cuda_binding)
-        count, why = self._driver.probe()
-        if count == 0:
-            exc = BackendUnavailable(f"no CUDA device ({why}): TensorRT needs an NVIDIA GPU and driver; run the ONNX model on onnxruntime instead")
+        try:
+            self._driver = open_driver(self.options.cuda_binding)
+            count, why = self._driver.probe()
+            if count == 0:
+                raise BackendUnavailable(f"no CUDA device ({why}): TensorRT needs an NVIDIA GPU and driver; run the ONNX model on onnxruntime instead")
+        except BackendUnavailable as exc:
             exc.fallback_onnx = fallback  # type: ignore[attr-defined]  # read by the API's backend=auto fallback
-            raise exc
+            raise
         self._binding, self._graphs_supported = self._driver.name, self._driver.supports_graphs
         self._driver.set_device(0)
         self.device = self._driver.device_info(0)
 
-        trt, lean = import_tensorrt()
-        self._trt, self._lean = trt, lean
-        facts = RuntimeFacts(str(trt.__version__), lean, self.device.sm, self.device.name)
+        builder = engine_builder(built)
+        try:
+            trt, lean = import_tensorrt(builder)
+        except BackendUnavailable as exc:
+            exc.fallback_onnx = fallback  # type: ignore[attr-defined]
+            raise
+        self._trt, self._lean, self._builder = trt, lean, builder
+        facts = RuntimeFacts(str(trt.__version__), lean, self.device.sm, self.device.name, builder)
         problems = runtime_problems(built, facts, self.options.trust_engine)
         if problems:
             raise EngineGuardError(f"{path.name}: " + "; ".join(problems), fallback)
@@ -136,7 +150,14 @@ class TensorRTSession(Session):
         dla_core = (built.get("build") or {}).get("dla_core")
         if dla_core is not None:
             runtime.DLA_core = int(dla_core)
-        engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        plan = path.read_bytes()
+        if hasattr(runtime, "get_engine_validity"):  # TensorRT-RTX: asks the plan's header, cheaply
+            validity, diagnostics = runtime.get_engine_validity(plan)
+            flags = {name: int(getattr(trt.EngineInvalidityDiagnostics, name)) for name in dir(trt.EngineInvalidityDiagnostics) if name.isupper()}
+            problems = validity_problems(getattr(validity, "name", str(validity)), int(diagnostics), flags)
+            if problems:
+                raise EngineGuardError(f"{path.name}: " + "; ".join(problems), fallback)
+        engine = runtime.deserialize_cuda_engine(plan)
         if engine is None:
             detail = self._logger.errors[-1] if self._logger.errors else "no detail from TensorRT"
             raise EngineGuardError(f"TensorRT {trt.__version__} could not deserialize {path.name}: {detail}", fallback)
@@ -194,7 +215,6 @@ class TensorRTSession(Session):
         ]
         self._ring = SlotRing(len(self._slots))
         self._warm = 0  # plain enqueues at the context's current shape
-        res.defer("CUDA graphs", self._destroy_graphs)
 
         def spec(name: str, shape: tuple[int, ...], dtype: np.dtype) -> TensorSpec:
             return TensorSpec(name, tuple(None if d < 0 else d for d in shape), dtype.name)
@@ -274,7 +294,8 @@ class TensorRTSession(Session):
         return {
             "backend": self.name,
             "tensorrt": str(self._trt.__version__),
-            "runtime": "tensorrt_lean" if self._lean else "tensorrt",
+            "runtime": "tensorrt_lean" if self._lean else RUNTIME_MODULES.get(self._builder, self._builder),
+            "builder": self._builder,
             "device": self.device.name,
             "compute_capability": self.device.sm,
             "precision": built.get("precision", self.manifest.precision),
@@ -293,18 +314,21 @@ class TensorRTSession(Session):
     def _enqueue(self, slot: _Slot, n: int) -> None:
         cuda, stream = self._driver, self._stream
         e0, e1, e2, e3 = slot.events
+        rows = self._shape_of(n)
+        if rows > n:
+            slot.host_in[n:rows] = 0  # padding: computed and dropped
         action, why = graph_action(
             enabled=self.options.cuda_graph,
             supported=cuda.supports_graphs,
             failed=self._graph_off is not None,
-            has_graph=self._graph is not None and self._shape_of(n) == self._context_batch,
-            warm_runs=self._warm if self._shape_of(n) == self._context_batch else 0,
+            has_graph=self._graph is not None and rows == self._context_batch,
+            warm_runs=self._warm if rows == self._context_batch else 0,
         )
         cuda.event_record(e0, stream)
-        cuda.memcpy_htod_async(self._d_in, slot.host_in.ctypes.data, n * _row_nbytes(slot.host_in), stream)
+        cuda.memcpy_htod_async(self._d_in, slot.host_in.ctypes.data, rows * _row_nbytes(slot.host_in), stream)
         cuda.event_record(e1, stream)
         if action is not GraphAction.LAUNCH:
-            self._set_batch(n)
+            self._set_batch(rows)
         if action is GraphAction.CAPTURE and not self._capture():
             action = GraphAction.ENQUEUE
         if action is GraphAction.ENQUEUE:
@@ -320,8 +344,9 @@ class TensorRTSession(Session):
         log.debug("tensorrt batch %d: %s (%s)", n, action.value, why)
 
     def _shape_of(self, n: int) -> int:
-        """The batch the engine runs for ``n`` samples: ``n``, or the fixed batch (padded)."""
-        return n if self._dynamic else self._context_batch
+        """The batch the engine runs for ``n`` samples: ``n``, the profile's min when ``n`` is
+        smaller (padded), or the fixed batch (padded)."""
+        return self._batch.rows(n) if self._dynamic else self._context_batch
 
     def _set_batch(self, n: int) -> None:
         if self._dynamic and n != self._context_batch:
@@ -338,28 +363,49 @@ class TensorRTSession(Session):
             raise BackendError(f"TensorRT enqueue failed: {detail}")
 
     def _capture(self) -> bool:
-        """Capture the enqueue for the current shape into a graph; on failure log why and turn graphs off.
+        """Capture the enqueue for the current shape into a graph; on failure clean up once and turn graphs off.
+
+        Whatever fails (the binding, TensorRT refusing to enqueue while capturing, instantiation),
+        the capture is ended, a partial graph is destroyed, CUDA's last error is cleared, and graphs
+        stay off for this session (``describe()`` says why), so later batches enqueue plainly.
 
         Returns True when a graph now exists (the caller launches it), False to enqueue plainly.
         """
         cuda, stream = self._driver, self._stream
         graph = None
+        capturing = False
         try:
             cuda.graph_begin_capture(stream)
+            capturing = True
             try:
                 captured = self._context.execute_async_v3(self._stream_handle)
             finally:
+                capturing = False
                 graph = cuda.graph_end_capture(stream)
             if not captured:
                 raise BackendError("execute_async_v3 returned False during capture")
             self._graph = (graph, cuda.graph_instantiate(graph))
             return True
-        except (CudaError, BackendError) as exc:
-            if graph is not None:
-                cuda.graph_destroy(graph)
+        except Exception as exc:  # noqa: BLE001 (any failure: fall back to plain enqueues, once)
             self._graph_off = f"capture failed: {exc}"
-            log.warning("CUDA graph capture failed (%s); running plain TensorRT enqueues", exc)
+            log.warning("CUDA graph capture failed (%s); running plain TensorRT enqueues from now on", exc)
+            self._abandon_capture(graph, capturing)
             return False
+
+    def _abandon_capture(self, graph: Any, capturing: bool) -> None:
+        """Free what a failed capture left: end a capture still open, destroy its graph, clear the error."""
+        cuda = self._driver
+        if capturing:
+            try:
+                graph = cuda.graph_end_capture(self._stream)
+            except Exception as exc:  # noqa: BLE001
+                log.debug("ending the failed capture: %s", exc)
+        if graph is not None:
+            try:
+                cuda.graph_destroy(graph)
+            except Exception as exc:  # noqa: BLE001
+                log.debug("destroying the failed capture's graph: %s", exc)
+        cuda.clear_error()
 
     def _destroy_graphs(self) -> None:
         """Drop the captured graph (CUDA frees an in-flight graph when its launch completes)."""
@@ -369,22 +415,27 @@ class TensorRTSession(Session):
             self._driver.graph_destroy(graph)
 
     def _release(self) -> None:
-        """Free in dependency order: wait for the stream, drop TensorRT objects, then memory."""
+        """Free in dependency order: wait for the stream, destroy CUDA graphs (they reference the
+        context's kernels and memory), drop the context, engine and runtime, then free memory."""
         try:
             if self._res is not None and self._driver is not None and hasattr(self, "_stream"):
                 self._driver.stream_synchronize(self._stream)
         finally:
-            self._context = None
-            self._engine = None
-            self._runtime = None
             try:
-                if self._res is not None:
-                    res, self._res = self._res, None
-                    res.close()
-            finally:
                 if self._driver is not None:
-                    driver, self._driver = self._driver, None
-                    driver.close()
+                    self._destroy_graphs()
+            finally:
+                self._context = None
+                self._engine = None
+                self._runtime = None
+                try:
+                    if self._res is not None:
+                        res, self._res = self._res, None
+                        res.close()
+                finally:
+                    if self._driver is not None:
+                        driver, self._driver = self._driver, None
+                        driver.close()
 
 
 def _row_nbytes(buffer: np.ndarray) -> int:

@@ -43,6 +43,7 @@ class RuntimeFacts:
     lean: bool
     compute_capability: str  # "8.7"
     device_name: str
+    builder: str = "tensorrt"  # the runtime family: "tensorrt" (incl. lean) or "tensorrt-rtx"
 
 
 # -- guard: pure functions over the sidecar and runtime facts ----------------------------------
@@ -61,8 +62,15 @@ def file_problems(sidecar: Mapping[str, Any] | None, engine_sha256: str, sidecar
     return []
 
 
+def engine_builder(built: Mapping[str, Any]) -> str:
+    """``tensorrt`` or ``tensorrt-rtx``: who built the engine (sidecars before TensorRT-RTX say nothing: TensorRT)."""
+    return str(built.get("builder") or "tensorrt")
+
+
 def runtime_problems(built: Mapping[str, Any], facts: RuntimeFacts, trust_engine: bool) -> list[str]:
     """Problems between the engine's build facts (the sidecar's ``engine`` section) and this machine."""
+    if engine_builder(built) == "tensorrt-rtx" or facts.builder == "tensorrt-rtx":
+        return _rtx_problems(built, facts)
     problems = []
     version = str(built.get("tensorrt_version", "?"))
     vc = bool(built.get("version_compatible"))
@@ -96,6 +104,48 @@ def runtime_problems(built: Mapping[str, Any], facts: RuntimeFacts, trust_engine
             "pass --trust-engine (SessionOptions(trust_engine=True)) if you trust where it came from"
         )
     return problems
+
+
+def _rtx_problems(built: Mapping[str, Any], facts: RuntimeFacts) -> list[str]:
+    """A TensorRT-RTX plan runs under TensorRT-RTX of its build version, on any GPU it targets."""
+    if engine_builder(built) != facts.builder:
+        return [f"engine built with {engine_builder(built)}, this runtime is {facts.builder}: rebuild it with edgedx export engine --builder {facts.builder}"]
+    problems = []
+    version = str(built.get("tensorrt_version", "?"))
+    if facts.tensorrt_version != version:
+        problems.append(
+            f"engine built with TensorRT-RTX {version}, this machine has {facts.tensorrt_version}: "
+            "rebuild it with edgedx export engine --builder tensorrt-rtx (no GPU needed)"
+        )
+    targets = [str(t) for t in built.get("compute_capabilities") or ()]
+    if facts.compute_capability not in targets:
+        problems.append(
+            f"engine built for compute capability {', '.join(targets) or '?'}; this GPU ({facts.device_name}) is "
+            f"{facts.compute_capability}: rebuild it with --compute-capability {facts.compute_capability}"
+        )
+    return problems
+
+
+#: TensorRT-RTX's ``EngineInvalidityDiagnostics`` member -> what to tell the user.
+VALIDITY_DIAGNOSTICS = {
+    "VERSION_MISMATCH": "built with another TensorRT-RTX version",
+    "UNSUPPORTED_CC": "not built for this GPU's compute capability",
+    "OLD_CUDA_DRIVER": "the NVIDIA driver is too old for it",
+    "OLD_CUDA_RUNTIME": "the CUDA runtime is too old for it",
+    "INSUFFICIENT_GPU_MEMORY": "not enough free GPU memory",
+    "MALFORMED_ENGINE": "the plan is malformed (truncated or not a plan)",
+    "CUDA_ERROR": "a CUDA error while checking it",
+}
+
+
+def validity_problems(validity: str, diagnostics: int, flags: Mapping[str, int]) -> list[str]:
+    """Problems from ``Runtime.get_engine_validity`` (``validity``: the ``EngineValidity`` member
+    name; ``diagnostics``: its bit set; ``flags``: ``EngineInvalidityDiagnostics`` name -> bit).
+    Empty for VALID and SUBOPTIMAL (which still runs)."""
+    if validity != "INVALID":
+        return []
+    found = [VALIDITY_DIAGNOSTICS.get(name, name.lower()) for name, bit in sorted(flags.items(), key=lambda kv: kv[1]) if bit and diagnostics & bit]
+    return ["TensorRT-RTX says the engine cannot run here: " + ("; ".join(found) if found else "no diagnostic given")]
 
 
 def fallback_onnx(engine_path: Path, sidecar: Mapping[str, Any] | None) -> Path | None:

@@ -1,8 +1,10 @@
 """The TensorRT module edgedx runs engines with: which one, its logger, and the names it may use.
 
-``tensorrt`` when installed, else ``tensorrt_lean`` (:func:`import_tensorrt`); both are imported on
-first use, never at module import. :data:`TRT_RUNTIME_NAMES` is the whole TensorRT surface of this
-module and :mod:`edgedx.backends.tensorrt`.
+For engines built with TensorRT: ``tensorrt`` when installed, else ``tensorrt_lean``; for engines
+whose sidecar says ``"builder": "tensorrt-rtx"``: ``tensorrt_rtx`` (:func:`import_tensorrt`). All
+are imported on first use, never at module import. :data:`TRT_RUNTIME_NAMES` is the TensorRT
+surface of this module and :mod:`edgedx.backends.tensorrt` that every runtime has;
+:data:`TRT_OPTIONAL_RUNTIME_NAMES` the names used only where the module offers them.
 """
 
 from __future__ import annotations
@@ -43,13 +45,31 @@ TRT_RUNTIME_NAMES: tuple[str, ...] = (
     "TensorIOMode.OUTPUT",
 )
 
+#: Names used only where the runtime offers them (``hasattr`` first): TensorRT-RTX's engine check.
+TRT_OPTIONAL_RUNTIME_NAMES: tuple[str, ...] = (
+    "Runtime.get_engine_validity",
+    "EngineInvalidityDiagnostics",
+)
 
-def import_tensorrt() -> tuple[Any, bool]:
-    """``(module, lean)``: the full ``tensorrt`` when installed, else ``tensorrt_lean``.
+#: sidecar ``builder`` -> the runtime module that runs its engines, for describe().
+RUNTIME_MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
+
+
+def import_tensorrt(builder: str = "tensorrt") -> tuple[Any, bool]:
+    """``(module, lean)`` for engines made by ``builder``: ``tensorrt_rtx`` for ``tensorrt-rtx``;
+    else the full ``tensorrt`` when installed, else ``tensorrt_lean``.
 
     Raises:
-        BackendUnavailable: neither is installed.
+        BackendUnavailable: the runtime is not installed, or ``builder`` is not one edgedx knows.
     """
+    if builder == "tensorrt-rtx":
+        try:
+            import tensorrt_rtx as trt
+        except ImportError:
+            raise BackendUnavailable("engine built with TensorRT-RTX, whose runtime is not installed: pip install 'edgedx[rtx]'") from None
+        return trt, False
+    if builder != "tensorrt":
+        raise BackendUnavailable(f"engine built with {builder!r}, which edgedx cannot run: rebuild it with edgedx export engine")
     try:
         import tensorrt as trt
 

@@ -8,13 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgedx.cuda.driver import CudaDriver, CudaError, DeviceInfo
-
-#: Errors that mean "this machine has no usable CUDA device", not "a call went wrong".
-NO_DEVICE_ERRORS = frozenset(
-    {"cudaErrorNoDevice", "cudaErrorInsufficientDriver", "cudaErrorInitializationError", "cudaErrorSystemDriverMismatch",
-     "cudaErrorCompatNotSupportedOnDevice", "cudaErrorDevicesUnavailable", "cudaErrorStubLibrary"}
-)
+from edgedx.cuda.driver import NO_DEVICE_ERRORS, CudaDriver, CudaError, DeviceInfo, driver_mismatch  # noqa: F401  (NO_DEVICE_ERRORS re-exported)
 
 
 def _runtime() -> Any:
@@ -52,9 +46,21 @@ class CudaPythonDriver(CudaDriver):
         if err != self.rt.cudaError_t.cudaSuccess:
             name = self.error_name(err)
             if name in NO_DEVICE_ERRORS:
-                return 0, f"cudaGetDeviceCount: {name}"
+                mismatch = self.version_mismatch() if name in ("cudaErrorInsufficientDriver", "cudaErrorSystemDriverMismatch") else None
+                return 0, f"cudaGetDeviceCount: {name}" + (f"; {mismatch}" if mismatch else "")
             raise CudaError("cudaGetDeviceCount", name)
         return count, (None if count else "cudaGetDeviceCount: 0 devices")
+
+    def version_mismatch(self) -> str | None:
+        """Driver vs runtime CUDA versions, named with what to install (None when both read and agree)."""
+        d_err, driver = self.rt.cudaDriverGetVersion()
+        r_err, runtime = self.rt.cudaRuntimeGetVersion()
+        if d_err != self.rt.cudaError_t.cudaSuccess or r_err != self.rt.cudaError_t.cudaSuccess:
+            return None
+        return driver_mismatch(int(driver), int(runtime))
+
+    def clear_error(self) -> None:
+        self.rt.cudaGetLastError()
 
     def device_info(self, device: int = 0) -> DeviceInfo:
         props = self._check("cudaGetDeviceProperties", self.rt.cudaGetDeviceProperties(device))

@@ -34,6 +34,62 @@ BINDINGS: dict[str, tuple[str, tuple[str, ...], str]] = {
 #: ``auto`` tries these in order.
 PREFERENCE = ("cuda-python", "pycuda")
 
+#: Errors that mean "this machine has no usable CUDA device", not "a call went wrong".
+NO_DEVICE_ERRORS = frozenset(
+    {"cudaErrorNoDevice", "cudaErrorInsufficientDriver", "cudaErrorInitializationError", "cudaErrorSystemDriverMismatch",
+     "cudaErrorCompatNotSupportedOnDevice", "cudaErrorDevicesUnavailable", "cudaErrorStubLibrary"}
+)
+
+#: CUDA's error strings (``cuGetErrorString``, what pycuda reports) -> the runtime's error names,
+#: so both bindings raise :class:`CudaError` with the same ``name``.
+ERROR_STRINGS = {
+    "no CUDA-capable device is detected": "cudaErrorNoDevice",
+    "CUDA driver version is insufficient for CUDA runtime version": "cudaErrorInsufficientDriver",
+    "initialization error": "cudaErrorInitializationError",
+    "system has unsupported display driver / cuda driver combination": "cudaErrorSystemDriverMismatch",
+    "forward compatibility was attempted on non supported HW": "cudaErrorCompatNotSupportedOnDevice",
+    "CUDA-capable device(s) is/are busy or unavailable": "cudaErrorDevicesUnavailable",
+    "out of memory": "cudaErrorMemoryAllocation",
+    "invalid argument": "cudaErrorInvalidValue",
+    "invalid device ordinal": "cudaErrorInvalidDevice",
+    "an illegal memory access was encountered": "cudaErrorIllegalAddress",
+    "unspecified launch failure": "cudaErrorLaunchFailure",
+    "operation not permitted when stream is capturing": "cudaErrorStreamCaptureUnsupported",
+    "operation would make the legacy stream depend on a capturing blocking stream": "cudaErrorStreamCaptureImplicit",
+    "invalid resource handle": "cudaErrorInvalidResourceHandle",
+}
+
+
+def error_name_for(text: str) -> str:
+    """The ``cudaError*`` name for a CUDA error string (pycuda's ``cuX failed: <string>``), else the text."""
+    message = text.split(": ", 1)[-1].strip()
+    for known, name in ERROR_STRINGS.items():
+        if message.lower().startswith(known.lower()):
+            return name
+    return message or text
+
+
+def cuda_version_text(version: int) -> str:
+    """``12040`` -> ``"12.4"`` (CUDA's ``1000 * major + 10 * minor``)."""
+    return f"{version // 1000}.{version % 1000 // 10}"
+
+
+def driver_mismatch(driver_version: int, runtime_version: int) -> str | None:
+    """Why CUDA cannot start when the driver is older than the CUDA runtime the binding was built
+    for (``cudaDriverGetVersion`` vs ``cudaRuntimeGetVersion``), with what to install; None when it is not that.
+    """
+    if driver_version <= 0:
+        return "no NVIDIA driver is installed (cudaDriverGetVersion: 0)"
+    if driver_version >= runtime_version:
+        return None
+    have, need = cuda_version_text(driver_version), cuda_version_text(runtime_version)
+    major = driver_version // 1000
+    extra = "pip install 'edgedx[cuda12]'" if major == 12 else f"pip install 'cuda-python=={major}.*'"
+    return (
+        f"the NVIDIA driver supports CUDA {have} but the CUDA runtime here is {need}: install the CUDA Python "
+        f"binding for CUDA {major} ({extra}), or update the NVIDIA driver to one for CUDA {runtime_version // 1000}"
+    )
+
 
 class CudaError(BackendError):
     """A CUDA call failed. ``name`` is the CUDA error name (``cudaErrorMemoryAllocation``...)."""
@@ -146,6 +202,9 @@ class CudaDriver(ABC):
 
     def graph_exec_destroy(self, graph_exec: Any) -> None:
         """Free an instantiated graph."""
+
+    def clear_error(self) -> None:
+        """Reset CUDA's last (non-sticky) error, after a failure this driver has reported and handled."""
 
     def close(self) -> None:
         """Release what the driver itself holds (pycuda's context)."""

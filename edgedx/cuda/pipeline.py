@@ -76,8 +76,22 @@ class BatchRange:
         return cls(lo, opt, hi)
 
     def check(self, n: int) -> None:
-        if not self.min <= n <= self.max:
-            raise UsageError(f"batch of {n} is outside this engine's profile ({self.min}..{self.max}); rebuild with --batch")
+        """Any batch of 1..max runs (below ``min`` padded to ``min``: see :meth:`rows`).
+
+        Raises:
+            UsageError: ``n`` is above the engine's max, naming how to rebuild for it.
+        """
+        if n < 1:
+            raise UsageError(f"batch of {n}: need at least one sample")
+        if n > self.max:
+            raise UsageError(
+                f"batch of {n} is more than this engine takes (profile {self.min}..{self.max}): use a batch size of at most "
+                f"{self.max}, or rebuild the engine with edgedx export engine --batch 1,{n},{n}"
+            )
+
+    def rows(self, n: int) -> int:
+        """The batch the engine runs for ``n`` samples: ``n``, or ``min`` when ``n`` is smaller (padded)."""
+        return max(n, self.min)
 
 
 class SlotRing:

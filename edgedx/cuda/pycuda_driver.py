@@ -1,18 +1,25 @@
 """The pycuda driver: used when selected (``cuda_binding="pycuda"``) or when it is the only binding.
 
 pycuda binds the driver API. This driver retains the device's primary context (the one the CUDA
-runtime and TensorRT use) and pushes it; :meth:`close` pops and releases it. pycuda has no graph
-capture API, so ``supports_graphs`` is False and sessions run plain enqueues. pycuda reports
-failures as ``cuMemAlloc failed: out of memory`` (the ``cuGetErrorString`` text): that text is the
-:class:`CudaError` name here.
+runtime and TensorRT use) and makes it current on every thread that calls it (a CUDA context is
+current per thread: a session opened on one thread and run from a worker would otherwise have
+none); :meth:`close` pops it where it pushed it and releases it. pycuda has no graph capture API,
+so ``supports_graphs`` is False and sessions run plain enqueues.
+
+pycuda reports failures as ``cuMemAlloc failed: out of memory`` (the ``cuGetErrorString`` text);
+:func:`error_name_for` maps that text to the runtime's name (``cudaErrorMemoryAllocation``), so a
+:class:`CudaError` names the same error under either binding, and a machine with no driver or
+device probes as 0 devices with the reason (``backend="auto"`` falls back) instead of raising.
 """
 
 from __future__ import annotations
 
 import ctypes
+import threading
 from typing import Any
 
-from edgedx.cuda.driver import CudaDriver, CudaError, DeviceInfo
+from edgedx.cuda.driver import NO_DEVICE_ERRORS, CudaDriver, CudaError, DeviceInfo, error_name_for
+from edgedx.errors import BackendUnavailable
 
 
 class PyCudaDriver(CudaDriver):
@@ -20,26 +27,49 @@ class PyCudaDriver(CudaDriver):
     supports_graphs = False
 
     def __init__(self) -> None:
-        import pycuda.driver as drv
+        try:
+            import pycuda.driver as drv
+        except ImportError as exc:  # pycuda imports libcuda: no driver, no module
+            raise BackendUnavailable(f"pycuda cannot load the CUDA driver ({exc}): install the NVIDIA driver, or use cuda-python") from None
 
         self.drv = drv
         self._context: Any = None
+        self._local = threading.local()  # .pushed: the context is current on this thread
         self._host: dict[int, Any] = {}  # pointer -> pagelocked array that owns it
         self._device: dict[int, Any] = {}  # pointer -> DeviceAllocation
-        self._call("cuInit", drv.init)
+        self._init_error: str | None = None
+        try:
+            drv.init()
+        except drv.Error as exc:  # no driver or device: probe() reports it
+            self._init_error = f"cuInit: {error_name_for(str(exc))}"
 
     def _call(self, call: str, fn: Any, *args: Any) -> Any:
+        self._make_current()
         try:
             return fn(*args)
         except self.drv.Error as exc:
-            raise CudaError(call, str(exc).split(": ", 1)[-1] or type(exc).__name__) from exc
+            raise CudaError(call, error_name_for(str(exc)) or type(exc).__name__, str(exc)) from exc
+
+    def _make_current(self) -> None:
+        """Push the session's context on a thread that has not got it current yet."""
+        if self._context is not None and not getattr(self._local, "pushed", False):
+            try:
+                self._context.push()
+            except self.drv.Error as exc:
+                raise CudaError("cuCtxPushCurrent", error_name_for(str(exc)), str(exc)) from exc
+            self._local.pushed = True
 
     # devices
     def probe(self) -> tuple[int, str | None]:
+        if self._init_error is not None:
+            return 0, self._init_error
         try:
             count = self.drv.Device.count()
         except self.drv.Error as exc:
-            return 0, f"cuDeviceGetCount: {exc}"
+            name = error_name_for(str(exc))
+            if name in NO_DEVICE_ERRORS:
+                return 0, f"cuDeviceGetCount: {name}"
+            raise CudaError("cuDeviceGetCount", name, str(exc)) from exc
         return count, (None if count else "cuDeviceGetCount: 0 devices")
 
     def device_info(self, device: int = 0) -> DeviceInfo:
@@ -52,7 +82,7 @@ class PyCudaDriver(CudaDriver):
             return
         dev = self._call("cuDeviceGet", self.drv.Device, device)
         self._context = self._call("cuDevicePrimaryCtxRetain", dev.retain_primary_context)
-        self._call("cuCtxPushCurrent", self._context.push)
+        self._make_current()
 
     # memory
     def malloc_host(self, nbytes: int) -> int:
@@ -113,7 +143,21 @@ class PyCudaDriver(CudaDriver):
         """pycuda destroys an event when its last reference goes."""
 
     def close(self) -> None:
+        """Pop the context on this thread (if pushed here) and release the primary context.
+
+        Other threads that ran the session keep it on their context stacks until they exit; the
+        primary context itself is freed when its last retain is released.
+        """
         if self._context is not None:
             context, self._context = self._context, None
-            self._call("cuCtxPopCurrent", context.pop)
-            self._call("cuDevicePrimaryCtxRelease", context.detach)
+            try:
+                if getattr(self._local, "pushed", False):
+                    self._local.pushed = False
+                    context.pop()
+            except self.drv.Error as exc:
+                raise CudaError("cuCtxPopCurrent", error_name_for(str(exc)), str(exc)) from exc
+            finally:
+                try:
+                    context.detach()
+                except self.drv.Error as exc:
+                    raise CudaError("cuDevicePrimaryCtxRelease", error_name_for(str(exc)), str(exc)) from exc
