@@ -84,6 +84,7 @@ def classify(
     threads: Optional[int] = typer.Option(None, min=1, help="CPU inference threads (default: the usable cores)."),
     no_cuda_graph: bool = typer.Option(False, "--no-cuda-graph", help="TensorRT: do not capture CUDA graphs."),
     trust_engine: bool = typer.Option(False, "--trust-engine", help="TensorRT: allow engines that carry host code."),
+    triton: Optional[str] = typer.Option(None, "--triton", help="Classify on a Triton server: http://HOST:PORT or grpc://HOST:PORT[/MODEL] (see edgedx export triton)."),
 ) -> None:
     """Classify scans. Exit code 0 when every input got an answer (ok or rejected), 1 when any failed."""
     from edgedx import api, decode, report
@@ -105,18 +106,30 @@ def classify(
     files = api.expand_paths(paths)
     if not files:
         raise UsageError("no image or DICOM files found in the given paths")
-    clf = api.Classifier(
-        model,
-        backend.value,
-        threshold=threshold,
-        batch_size=batch_size,
-        workers=workers,
-        use_gate=not no_gate,
-        audit=audit,
-        decode_options=decode.DecodeOptions(window=center_width, all_frames=all_frames, max_pixels=max_pixels),
-        session_options=_session_options(threads, not no_cuda_graph, trust_engine),
-        overrides=overrides,
-    )
+    if triton is not None:
+        from edgedx.serving import client as triton_client
+
+        triton_client.refuse_local_options({
+            "--model": model is not None, "--backend": backend is not Backend.auto, "--window": window is not None,
+            "--all-frames": all_frames, "--max-pixels": max_pixels != 100_000_000, "--labels": labels is not None,
+            "--mean": mean is not None, "--std": std is not None, "--scale": scale is not None, "--resize": resize is not None,
+            "--activation": activation is not None, "--no-gate": no_gate, "--audit": audit is not None,
+            "--threads": threads is not None, "--no-cuda-graph": no_cuda_graph, "--trust-engine": trust_engine,
+        })
+        clf = triton_client.TritonClassifier(triton, batch_size=batch_size, concurrency=workers or 4, threshold=threshold)
+    else:
+        clf = api.Classifier(
+            model,
+            backend.value,
+            threshold=threshold,
+            batch_size=batch_size,
+            workers=workers,
+            use_gate=not no_gate,
+            audit=audit,
+            decode_options=decode.DecodeOptions(window=center_width, all_frames=all_frames, max_pixels=max_pixels),
+            session_options=_session_options(threads, not no_cuda_graph, trust_engine),
+            overrides=overrides,
+        )
     counts = {"ok": 0, "rejected": 0, "error": 0}
     stream = open(output, "w", encoding="utf-8", errors="backslashreplace") if output else sys.stdout
     interrupted = False
@@ -262,8 +275,10 @@ def _mount_export() -> None:
     except ImportError:  # a runtime-only install without the export package
         return
     from export.engine_cli import engine_command
+    from export.triton_cli import triton_command
 
     export_cli.app.command("engine")(engine_command)
+    export_cli.app.command("triton")(triton_command)
     app.add_typer(export_cli.app, name="export", help="Workstation side: ONNX export, quantization, engines, verification.")
     app.command("eval")(export_cli.eval_command)
 
