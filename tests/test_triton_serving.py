@@ -29,21 +29,29 @@ def _unavailable(reason: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """(server, model path): a tritonserver serving the bundled default model's python repository."""
+def serving_env():
     pytest.importorskip("tritonclient.http")
-    from edgedx import bundled
     from edgedx.errors import EdgedxError
     from edgedx.serving import server
-    from export import triton
 
     python = os.environ.get(server.ENV_VARIABLE) or (ROOT / ".venv-triton" if (ROOT / ".venv-triton").is_dir() else None)
     if python is None:
         _unavailable(f"no serving environment: set {server.ENV_VARIABLE} or run .ci/triton-env .venv-triton")
     try:
-        env = server.find_env(python)
+        return server.find_env(python)
     except EdgedxError as exc:
         _unavailable(str(exc))
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, serving_env):
+    """(server, model path): a tritonserver serving the bundled default model's python repository."""
+    from edgedx import bundled
+    from edgedx.errors import EdgedxError
+    from edgedx.serving import server
+    from export import triton
+
+    env = serving_env
     model = bundled.default_model()
     repo = tmp_path_factory.mktemp("triton") / "repo"
     triton.write_repository(model, repo, triton.TritonOptions(variant="python", max_batch=8, preferred_batch=(4, 8)))
@@ -58,7 +66,7 @@ def served(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def scans(tmp_path_factory) -> list[Path]:
-    """Real X-rays of both classes, DICOM files (accepted CR and rejected CT/MR), a 16-bit PNG, a blank
+    """Real X-rays of both classes, DICOM files (accepted CR, JPEG 2000, rejected CT/MR), a 16-bit PNG, a blank
     image, a corrupt file and a missing one."""
     import cv2
 
@@ -73,7 +81,7 @@ def scans(tmp_path_factory) -> list[Path]:
     cv2.imwrite(str(blank), np.full((128, 128), 77, np.uint8))
     corrupt = tmp / "corrupt.jpeg"
     corrupt.write_bytes(xrays[1].read_bytes()[:300])
-    dicoms = [DICOM / n for n in ("dicomdirtests_CR1_6154.dcm", "RG1_UNCR.dcm", "CT_small.dcm", "MR_small.dcm")]
+    dicoms = [DICOM / n for n in ("dicomdirtests_CR1_6154.dcm", "RG1_UNCR.dcm", "RG1_J2KI.dcm", "RG3_J2KR.dcm", "CT_small.dcm", "MR_small.dcm")]
     return [*xrays, sixteen, blank, corrupt, *[d for d in dicoms if d.exists()], tmp / "missing.png"]
 
 
@@ -145,3 +153,28 @@ def test_wrong_model_name_is_backend_unavailable(capsys, served, scans):
     code, out, err = classify(capsys, scans[0], "--triton", srv.http_url + "/nosuchmodel")
     assert code == 3 and out == ""
     assert err.strip().splitlines() == [f"edgedx: error: Triton at {srv.http_url.split('://')[1]} has no ready model 'nosuchmodel'"]
+
+
+def test_onnxruntime_repository_is_read_by_triton_up_to_its_missing_backend(tmp_path, serving_env):
+    """nvidia-pytriton's server has no ONNX Runtime backend: the onnxruntime_onnx repository cannot
+    serve here. What it can show: Triton reads every config, loads the two Python steps, and refuses
+    the model step only for want of the backend library (not for its config)."""
+    import tritonclient.http as http
+
+    from edgedx import bundled
+    from edgedx.serving import server
+    from export import triton
+
+    repo = tmp_path / "repo"
+    triton.write_repository(bundled.default_model(), repo, triton.TritonOptions(name="ort"))
+    srv = server.TritonServer(repo, serving_env, pythonpath=[ROOT], timeout_s=180,
+                              extra_args=("--exit-on-error=false", "--strict-readiness=false"))
+    with srv:
+        client = http.InferenceServerClient(srv.http_url.split("://")[1])
+        try:
+            index = {m["name"]: m for m in client.get_model_repository_index()}
+        finally:
+            client.close()
+    assert index["ort_preprocess"]["state"] == index["ort_postprocess"]["state"] == "READY"
+    assert index["ort_model"]["state"] == "UNAVAILABLE"
+    assert "unable to find backend library for backend 'onnxruntime'" in index["ort_model"]["reason"]

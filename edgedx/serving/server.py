@@ -121,11 +121,12 @@ class TritonServer:
             source tree that is not installed in the serving environment).
         log_path: where the server's output goes (a temporary file by default).
         timeout_s: how long to wait for the server and its models to be ready.
+        extra_args: more ``tritonserver`` options (``--exit-on-error=false``, ``--strict-readiness=false``...).
     """
 
     def __init__(self, repository: Path, env: ServingEnv, *, pythonpath: list[Path] | None = None,
-                 log_path: Path | None = None, timeout_s: float = 120.0) -> None:
-        self.repository, self.env, self.timeout_s = repository, env, timeout_s
+                 log_path: Path | None = None, timeout_s: float = 120.0, extra_args: tuple[str, ...] = ()) -> None:
+        self.repository, self.env, self.timeout_s, self.extra_args = repository, env, timeout_s, extra_args
         self.pythonpath = pythonpath or []
         self.http_port, self.grpc_port = free_port(), free_port()
         self._work = Path(tempfile.mkdtemp(prefix="edgedx-triton-"))
@@ -156,7 +157,7 @@ class TritonServer:
             str(self.env.binary), f"--model-repository={self.repository}", f"--backend-directory={backends}",
             "--http-address=127.0.0.1", f"--http-port={self.http_port}",
             "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}",
-            "--allow-metrics=false", "--exit-timeout-secs=10", "--log-verbose=0",
+            "--allow-metrics=false", "--exit-timeout-secs=5", "--log-verbose=0", *self.extra_args,
         ]
         log = open(self.log_path, "wb")
         try:
