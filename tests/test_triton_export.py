@@ -64,6 +64,9 @@ def test_python_variant_runs_edgedx_session_and_nhwc_sets_the_format(tmp_path):
     assert list(mid.input[0].dims) == [24, 24, 3] and mid.input[0].format == pb.ModelInput.FORMAT_NHWC
     assert "SessionModel as TritonPythonModel" in (repo / "chest_model/1/model.py").read_text()
     assert triton.check(repo).notes == ["model step: python (edgedx session)"]
+    assert configs(repo, "chest")["preprocess"].parameters["edgedx_gate"].string_value == "true"
+    triton.write_repository(m, repo, triton.TritonOptions(name="nogate", gate=False))
+    assert configs(repo, "nogate")["preprocess"].parameters["edgedx_gate"].string_value == "false"
 
 
 def test_model_and_manifest_that_disagree_write_nothing(tmp_path):
@@ -214,6 +217,26 @@ def test_stages_give_the_classifier_s_answers(model, xray_files, tmp_path):
     assert [r["status"] for r in recs[-2:]] == ["error", "rejected"]
     assert recs[-1]["reason"].startswith("constant_image")
     assert not prepared[-1].sample.any()
+
+
+def test_a_serving_environment_without_pytriton_is_refused_with_the_reason(monkeypatch):
+    import sys
+
+    from edgedx.errors import BackendUnavailable
+    from edgedx.serving import server
+
+    try:
+        import pytriton  # noqa: F401
+    except ImportError:
+        with pytest.raises(BackendUnavailable, match="cannot import nvidia-pytriton"):
+            server.find_env(sys.executable)
+    else:  # this Python has pytriton: it must also have numpy < 2 to be accepted
+        if int(np.__version__.split(".")[0]) >= 2:
+            with pytest.raises(BackendUnavailable, match="needs numpy < 2"):
+                server.find_env(sys.executable)
+    monkeypatch.delenv(server.ENV_VARIABLE, raising=False)
+    with pytest.raises(BackendUnavailable, match="no Triton serving environment"):
+        server.find_env(None)
 
 
 def test_url_parsing():
