@@ -60,8 +60,8 @@ def served(tmp_path_factory, serving_env):
         srv.start()
     except EdgedxError as exc:
         _unavailable(str(exc))
-    yield srv, model
-    srv.stop()
+    with srv:  # stops it and removes its work folder
+        yield srv, model
 
 
 @pytest.fixture(scope="module")

@@ -209,7 +209,7 @@ class TritonServer:
         self._proc = None
 
     def __enter__(self) -> TritonServer:
-        return self.start()
+        return self if self._proc is not None else self.start()
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
         self.stop()
