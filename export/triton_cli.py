@@ -24,7 +24,7 @@ def triton_command(
     model: Optional[Path] = typer.Argument(None, help="MODEL.onnx with its edgedx manifest, or an engine with its sidecar."),
     repo: Optional[Path] = typer.Option(None, "--repo", help="The Triton model repository to write into (created if missing)."),
     check: Optional[Path] = typer.Option(None, "--check", help="Re-validate the edgedx ensemble in repository DIR instead of writing one."),
-    name: str = typer.Option("edgedx", "--name", help="The ensemble's name (what clients ask for); its steps are NAME_preprocess, NAME_model, NAME_postprocess."),
+    name: Optional[str] = typer.Option(None, "--name", help="The ensemble's name (default edgedx; what clients ask for); its steps are NAME_preprocess, NAME_model, NAME_postprocess. With --check: which ensemble."),
     backend: Variant = typer.Option(Variant.auto, "--backend", help="auto: Triton's onnxruntime_onnx / tensorrt_plan; python: edgedx's own session in the Python backend."),
     max_batch: Optional[int] = typer.Option(None, "--max-batch", min=1, help="max_batch_size (default 8; engines: the profile's max)."),
     instances: int = typer.Option(1, "--instances", min=1, help="Instances of each step (instance_group count)."),
@@ -39,12 +39,12 @@ def triton_command(
     if check is not None:
         if model is not None or repo is not None:
             raise UsageError("--check DIR takes no MODEL or --repo")
-        report = triton.check(check, None if name == "edgedx" else name)
+        report = triton.check(check, name)
         verb = "checked"
     else:
         if model is None or repo is None:
             raise UsageError("give MODEL and --repo DIR (or --check DIR)")
-        options = triton.TritonOptions(name=name, variant=backend.value, max_batch=max_batch, instances=instances,
+        options = triton.TritonOptions(name=name or "edgedx", variant=backend.value, max_batch=max_batch, instances=instances,
                                        preferred_batch=tuple(preferred_batch or ()), max_queue_delay_us=max_queue_delay_us, gate=not no_gate)
         report = triton.write_repository(model, repo, options)
         verb = "wrote"

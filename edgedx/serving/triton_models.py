@@ -84,8 +84,7 @@ class SessionModel(_Step):
         super().initialize(args)
         from edgedx.backends import SessionOptions, open_session
 
-        threads = int(self.params.get("edgedx_threads", "0")) or None
-        self.session = open_session(self.directory / self.params[MODEL_FILE_PARAMETER], "auto", SessionOptions(threads=threads))
+        self.session = open_session(self.directory / self.params[MODEL_FILE_PARAMETER], "auto", SessionOptions())
         self.input_name = self.config["input"][0]["name"]
         self.output_name = self.config["output"][0]["name"]
 
