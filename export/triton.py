@@ -130,6 +130,9 @@ def write_repository(model: Path, repository: Path, options: TritonOptions = Tri
     if existing:
         raise UsageError(f"{repository} already has {', '.join(existing)}: remove them or choose another --name")
     max_batch = _max_batch(io, options)
+    too_big = [b for b in options.preferred_batch if b > max_batch]
+    if too_big:
+        raise UsageError(f"--preferred-batch {too_big} exceeds max_batch_size {max_batch}")
     configs = _configs(manifest, io, options, names, max_batch)
     repository.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".edgedx-staging-", dir=repository))
@@ -159,7 +162,7 @@ def _max_batch(io: ModelIO, options: TritonOptions) -> int:
 def _configs(m: Manifest, io: ModelIO, o: TritonOptions, names: dict[str, str], max_batch: int) -> dict[str, Any]:
     pb = model_config_pb2()
     manifest_json = m.to_json()
-    batching = {"preferred_batch_size": [b for b in o.preferred_batch if b <= max_batch], "max_queue_delay_microseconds": o.max_queue_delay_us}
+    batching = {"preferred_batch_size": list(o.preferred_batch), "max_queue_delay_microseconds": o.max_queue_delay_us}
 
     def config(name: str, **fields: Any) -> Any:
         c = pb.ModelConfig(name=name, max_batch_size=max_batch, **fields)

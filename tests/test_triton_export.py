@@ -102,6 +102,8 @@ def test_existing_models_and_bad_options_are_usage_errors(model, tmp_path):
     with pytest.raises(UsageError, match="several edgedx ensembles"):
         triton.check(repo)
     assert triton.check(repo, "second").ensemble == "second"
+    with pytest.raises(UsageError, match=r"--preferred-batch \[16\] exceeds max_batch_size 8"):
+        triton.write_repository(model, repo, triton.TritonOptions(name="third", preferred_batch=(4, 16)))
     with pytest.raises(UsageError, match="--name"):
         triton.write_repository(model, repo, triton.TritonOptions(name="../x"))
 
