@@ -136,16 +136,25 @@ def test_output_options_and_threshold_apply_to_served_records(capsys, served, sc
     assert all(len(r["top_k"]) == 2 for r in recs)
 
 
-def test_server_statistics_count_the_requests(served, scans):
+def test_server_statistics_count_the_requests(capsys, served, scans):
+    """Triton's own statistics see exactly what the client sent: 2 requests of 2 files."""
     import tritonclient.http as http
 
     srv, _ = served
     client = http.InferenceServerClient(srv.http_url.split("://")[1])
-    try:
+
+    def counts() -> tuple[int, int]:
         stats = client.get_inference_statistics("edgedx")["model_stats"][0]
+        return int(stats["inference_stats"]["success"]["count"]), int(stats["inference_count"])
+
+    try:
+        before = counts()
+        code, _, _ = classify(capsys, *scans[:4], "--triton", srv.http_url, "--json", "--batch-size", "2", "--workers", "1")
+        after = counts()
     finally:
         client.close()
-    assert int(stats["inference_stats"]["success"]["count"]) >= 2 * len(scans) // 3
+    assert code == 0
+    assert (after[0] - before[0], after[1] - before[1]) == (2, 4)
 
 
 def test_wrong_model_name_is_backend_unavailable(capsys, served, scans):
@@ -178,3 +187,25 @@ def test_onnxruntime_repository_is_read_by_triton_up_to_its_missing_backend(tmp_
     assert index["ort_preprocess"]["state"] == index["ort_postprocess"]["state"] == "READY"
     assert index["ort_model"]["state"] == "UNAVAILABLE"
     assert "unable to find backend library for backend 'onnxruntime'" in index["ort_model"]["reason"]
+
+
+def test_labels_file_serves_triton_s_classification_extension(served, scans):
+    """The model step answers Triton's own classification requests with the manifest's labels."""
+    import tritonclient.http as http
+
+    from edgedx import manifest as manifest_mod
+    from edgedx.serving import stages
+
+    srv, model = served
+    m = manifest_mod.load(model)
+    sample = stages.prepare(scans[0].read_bytes(), m, stages.decode_options(m)).sample[None]
+    client = http.InferenceServerClient(srv.http_url.split("://")[1])
+    try:
+        inp = http.InferInput(m.input_name, list(sample.shape), "FP32")
+        inp.set_data_from_numpy(sample)
+        result = client.infer("edgedx_model", [inp], outputs=[http.InferRequestedOutput(m.output_name, class_count=2)])
+    finally:
+        client.close()
+    top = [bytes(x).decode().split(":") for x in result.as_numpy(m.output_name).reshape(-1)]
+    assert sorted(label for _, _, label in top) == sorted(m.labels)
+    assert [int(index) for _, index, label in top] == [m.labels.index(label) for _, _, label in top]
