@@ -28,7 +28,13 @@ from edgedx import manifest as manifest_mod
 from edgedx.errors import BackendUnavailable, ModelError, UsageError
 from edgedx.manifest import Manifest
 from edgedx.serving.triton_models import (
-    IMAGE, INPUT, LOGITS, MANIFEST_PARAMETER, MODEL_FILE_PARAMETER, RECORD, STATUS,
+    IMAGE,
+    INPUT,
+    LOGITS,
+    MANIFEST_PARAMETER,
+    MODEL_FILE_PARAMETER,
+    RECORD,
+    STATUS,
 )
 from export.triton_io import ModelIO, inspect_model
 

@@ -122,7 +122,7 @@ def test_served_records_match_local_classify(capsys, served, scans, protocol):
 
 
 def test_output_options_and_threshold_apply_to_served_records(capsys, served, scans, tmp_path):
-    srv, model = served
+    srv, _ = served
     good = scans[:4]
     code, out, _ = classify(capsys, *good, "--triton", srv.grpc_url, "--format", "csv", "--top-k", "1")
     assert code == 0
@@ -138,7 +138,7 @@ def test_output_options_and_threshold_apply_to_served_records(capsys, served, sc
 
 def test_server_statistics_count_the_requests(capsys, served, scans):
     """Triton's own statistics see exactly what the client sent: 2 requests of 2 files."""
-    import tritonclient.http as http
+    from tritonclient import http
 
     srv, _ = served
     client = http.InferenceServerClient(srv.http_url.split("://")[1])
@@ -168,7 +168,7 @@ def test_onnxruntime_repository_is_read_by_triton_up_to_its_missing_backend(tmp_
     """nvidia-pytriton's server has no ONNX Runtime backend: the onnxruntime_onnx repository cannot
     serve here. What it can show: Triton reads every config, loads the two Python steps, and refuses
     the model step only for want of the backend library (not for its config)."""
-    import tritonclient.http as http
+    from tritonclient import http
 
     from edgedx import bundled
     from edgedx.serving import server
@@ -191,7 +191,7 @@ def test_onnxruntime_repository_is_read_by_triton_up_to_its_missing_backend(tmp_
 
 def test_labels_file_serves_triton_s_classification_extension(served, scans):
     """The model step answers Triton's own classification requests with the manifest's labels."""
-    import tritonclient.http as http
+    from tritonclient import http
 
     from edgedx import manifest as manifest_mod
     from edgedx.serving import stages
