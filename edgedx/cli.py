@@ -131,6 +131,7 @@ def classify(
     no_cuda_graph: bool = typer.Option(False, "--no-cuda-graph", help="TensorRT: do not capture CUDA graphs."),
     trust_engine: bool = typer.Option(False, "--trust-engine", help="TensorRT: allow engines that carry host code."),
     precision: Optional[str] = PrecisionOpt,
+    triton: Optional[str] = typer.Option(None, "--triton", help="Classify on a Triton server: http://HOST:PORT or grpc://HOST:PORT[/MODEL] (see edgedx export triton)."),
 ) -> None:
     """Classify scans. Exit code 0 when every input got an answer (ok or rejected), 1 when any failed."""
     from edgedx import api, decode, limits, outputs, report
@@ -153,19 +154,32 @@ def classify(
     if not files:
         raise UsageError("no image or DICOM files found in the given paths")
     outputs.check_targets(outputs.Inputs(files), output, audit)  # never write over an input
-    clf = api.Classifier(
-        model,
-        backend.value,
-        threshold=threshold,
-        batch_size=batch_size,
-        workers=workers,
-        use_gate=not no_gate,
-        audit=audit,
-        decode_options=decode.DecodeOptions(window=center_width, all_frames=all_frames, max_pixels=max_pixels,
-                                            max_file_size=limits.parse_size(max_file_size)),
-        session_options=_session_options(threads, not no_cuda_graph, trust_engine, precision),
-        overrides=overrides,
-    )
+    if triton is not None:
+        from edgedx.serving import client as triton_client
+
+        triton_client.refuse_local_options({
+            "--model": model is not None, "--backend": backend is not Backend.auto, "--window": window is not None,
+            "--all-frames": all_frames, "--max-pixels": max_pixels != 100_000_000, "--labels": labels is not None,
+            "--mean": mean is not None, "--std": std is not None, "--scale": scale is not None, "--resize": resize is not None,
+            "--activation": activation is not None, "--no-gate": no_gate, "--audit": audit is not None,
+            "--threads": threads is not None, "--no-cuda-graph": no_cuda_graph, "--trust-engine": trust_engine,
+            "--precision": precision is not None,
+        })
+        clf = triton_client.TritonClassifier(triton, batch_size=batch_size, concurrency=workers or 4, threshold=threshold)
+    else:
+        clf = api.Classifier(
+            model,
+            backend.value,
+            threshold=threshold,
+            batch_size=batch_size,
+            workers=workers,
+            use_gate=not no_gate,
+            audit=audit,
+            decode_options=decode.DecodeOptions(window=center_width, all_frames=all_frames, max_pixels=max_pixels,
+                                                max_file_size=limits.parse_size(max_file_size)),
+            session_options=_session_options(threads, not no_cuda_graph, trust_engine, precision),
+            overrides=overrides,
+        )
     progress = RunProgress(len(files), quiet=quiet, output=output)
     stream = outputs.open_results(output)  # whole records; a failed write is one line, exit 5
     try:
@@ -355,8 +369,10 @@ def mount_export() -> None:
         return
     from export import cli as export_cli
     from export.engine_cli import engine_command
+    from export.triton_cli import triton_command
 
     export_cli.app.command("engine")(engine_command)
+    export_cli.app.command("triton")(triton_command)
     add_examples(export_cli.app, "export ")
     app.add_typer(export_cli.app, name="export", help="Workstation side: ONNX export, quantization, engines, verification.")
     app.command("eval", epilog=examples_epilog("eval"))(export_cli.eval_command)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-HEAVY = ("torch", "tensorflow", "keras", "tensorrt", "tensorrt_lean", "tensorrt_rtx", "cuda", "pycuda", "onnxruntime", "openvino", "pydicom", "onnx")
+HEAVY = ("torch", "tensorflow", "keras", "tensorrt", "tensorrt_lean", "tensorrt_rtx", "cuda", "pycuda", "onnxruntime", "openvino", "pydicom", "onnx", "tritonclient", "grpc", "gevent")
 
 
 def loaded_after(statement: str) -> set[str]:
