@@ -20,17 +20,18 @@ from typing import Any, Iterable, Iterator, Union
 
 import numpy as np
 
-from edgedx import bundled, decode, gate, postprocess, preprocess
+from edgedx import bundled, decode, dicom_ids, gate, postprocess, preprocess
 from edgedx import manifest as manifest_mod
 from edgedx.audit import AuditLog
 from edgedx.backends import Session, SessionOptions, open_session, resolve_backend
 from edgedx.backends.base import cpu_count
 from edgedx.errors import EdgedxError, ModelError, UsageError, file_sha256
+from edgedx.inputs import BytesSource
 from edgedx.manifest import Manifest
 
 log = logging.getLogger("edgedx")
 
-Source = Union[str, Path, np.ndarray]
+Source = Union[str, Path, np.ndarray, BytesSource]
 
 
 @dataclass
@@ -39,7 +40,10 @@ class Result:
 
     ``status`` is ``ok``, ``rejected`` (the input gate abstained: ``reason`` holds
     ``code: detail``) or ``error`` (``error`` holds the message); only ``ok`` records have a label.
-    ``backend_note`` says why this backend ran when ``auto`` had to fall back.
+    ``backend_note`` says why this backend ran when ``auto`` had to fall back. ``error_kind`` is
+    ``input`` for an error about the input itself (retrying gives the same answer) and ``run`` for
+    an error of the run (a backend failure; worth retrying). ``dicom_uids`` holds the Study, Series
+    and SOP Instance UIDs when asked for (``Classifier(dicom_uids=True)``), else None.
     """
 
     path: str | None
@@ -55,6 +59,8 @@ class Result:
     threshold: float | None = None
     positive: bool | None = None
     backend_note: str | None = None
+    error_kind: str | None = None
+    dicom_uids: dict[str, str | None] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,6 +89,8 @@ class _Item:
     rejected: gate.Rejection | None = None
     sha256: str | None = None  # of the input file's bytes, for the audit trail
     sample: np.ndarray | None = None  # resized pixels, until normalized into the batch buffer
+    error_kind: str = "input"  # or "run": the backend failed on this item's batch
+    uids: dict[str, str | None] | None = None  # DICOM identifiers, when asked for
 
     @property
     def ready(self) -> bool:
@@ -105,6 +113,8 @@ class Classifier:
         decode_options: DICOM window override, all frames, pixel limit.
         session_options: backend options (threads, CUDA graphs, ...).
         overrides: what to assume for a model that carries no manifest.
+        dicom_uids: put each DICOM input's Study/Series/SOP Instance UIDs in its records (they
+            never reach logs).
     """
 
     def __init__(
@@ -120,6 +130,7 @@ class Classifier:
         decode_options: decode.DecodeOptions | None = None,
         session_options: SessionOptions | None = None,
         overrides: ManifestOverrides | None = None,
+        dicom_uids: bool = False,
     ) -> None:
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise UsageError(f"threshold must be in [0, 1], got {threshold}")
@@ -139,6 +150,7 @@ class Classifier:
             session_options = dataclasses.replace(session_options, spin_wait=self.workers == 0)
         self.session = self._open(backend, session_options)
         self.use_gate = use_gate
+        self.dicom_uids = dicom_uids
         self._audit: AuditLog | None = None
         self._lock = threading.RLock()  # one batch at a time owns the input buffer and the session
         try:
@@ -168,6 +180,18 @@ class Classifier:
     def classify(self, source: Source) -> Result:
         """Classify one file or HxW[xC] frame; the first frame of a multi-frame DICOM."""
         return next(iter(self.classify_many([source])))
+
+    def classify_bytes(self, data: bytes, name: str | None = None) -> Result:
+        """Classify a file's content that the caller already holds; ``name`` becomes the record's path."""
+        return next(iter(self.classify_many([BytesSource(data, name)])))
+
+    def classify_bytes_many(self, datas: Iterable[bytes], names: Iterable[str | None] | None = None, *,
+                            workers: int | None = None) -> Iterator[Result]:
+        """:meth:`classify_many` over contents held in memory (``names``: their record paths, in order)."""
+        from itertools import repeat
+
+        pairs = zip(datas, repeat(None) if names is None else names)
+        return self.classify_many((BytesSource(d, n) for d, n in pairs), workers=workers)
 
     def classify_many(self, sources: Iterable[Source], *, workers: int | None = None) -> Iterator[Result]:
         """Yield one result per input (per frame with ``all_frames``), in input order, as batches finish.
@@ -374,20 +398,24 @@ class Classifier:
             sha = hashlib.sha256(np.ascontiguousarray(source).tobytes()).hexdigest() if self._audit else None
             yield _Item(index, None, sha256=sha), source, None
             return
-        path = str(source)
-        sha = None
+        held = isinstance(source, BytesSource)
+        path = source.name if held else str(source)
+        sha, data = None, b""
+        uids = dicom_ids.NONE if self.dicom_uids else None
         try:
-            data = decode.read_file(path)  # regular files only; one read serves the hash and the decoder
+            # Regular files only; one read serves the hash, the identifiers and the decoder.
+            data = source.data if held else decode.read_file(path)
             sha = hashlib.sha256(data).hexdigest() if self._audit is not None else None
+            uids = dicom_ids.identifiers(data) if self.dicom_uids else None
             frames = decode.decode_bytes(data, self.decode_options)
         except EdgedxError as exc:
-            yield _Item(index, path, error=str(exc), sha256=sha), None, None
+            yield _Item(index, path, error=str(exc), sha256=sha, uids=uids), None, None
             return
         except Exception as exc:  # a decoder bug must not lose the other files' results
-            yield _Item(index, path, error=f"cannot decode: {type(exc).__name__}", sha256=sha), None, None
+            yield _Item(index, path, error=f"cannot decode: {type(exc).__name__}", sha256=sha, uids=uids), None, None
             return
         for d in frames:
-            yield _Item(index, path, frame=d.info.frame, sha256=sha), d.image, d.info
+            yield _Item(index, path, frame=d.info.frame, sha256=sha, uids=uids), d.image, d.info
 
     def _answers(self, items: list[_Item], raw: np.ndarray | None, error: str | None) -> Iterator[Result]:
         """Results for one batch's items, in order; ``error`` fails every item that was run."""
@@ -398,7 +426,7 @@ class Classifier:
             pred = None
             if it.error is None and it.rejected is None:
                 if error is not None:
-                    it.error = error
+                    it.error, it.error_kind = error, "run"
                 else:
                     pred = next(predictions)
             result = self._result(it, pred)
@@ -407,9 +435,10 @@ class Classifier:
             yield result
 
     def _result(self, item: _Item, pred: postprocess.Prediction | None) -> Result:
-        common = dict(path=item.path, model=str(self.model_path), backend=self.backend, frame=item.frame, backend_note=self.backend_note)
+        common = dict(path=item.path, model=str(self.model_path), backend=self.backend, frame=item.frame,
+                      backend_note=self.backend_note, dicom_uids=item.uids)
         if item.error is not None:
-            return Result(error=item.error, status="error", **common)
+            return Result(error=item.error, status="error", error_kind=item.error_kind, **common)
         if item.rejected is not None:
             return Result(status="rejected", reason=str(item.rejected), **common)
         return Result(label=pred.label, score=pred.score, scores=pred.scores, threshold=pred.threshold, positive=pred.positive, **common)

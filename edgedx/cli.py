@@ -36,6 +36,7 @@ class Format(str, Enum):
     table = "table"
     json = "json"
     csv = "csv"
+    parquet = "parquet"
 
 
 ModelOpt = typer.Option(None, "--model", "-m", help="ONNX model or TensorRT engine (default: the bundled screening model).")
@@ -59,7 +60,7 @@ def _session_options(threads: int | None, cuda_graph: bool, trust_engine: bool):
 
 @app.command()
 def classify(
-    paths: List[Path] = typer.Argument(..., help="Image or DICOM files, or folders (walked recursively, sorted)."),
+    paths: Optional[List[Path]] = typer.Argument(None, help="Image or DICOM files, or folders (walked recursively, sorted, streamed)."),
     model: Optional[Path] = ModelOpt,
     backend: Backend = BackendOpt,
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per inference call."),
@@ -84,9 +85,19 @@ def classify(
     threads: Optional[int] = typer.Option(None, min=1, help="CPU inference threads (default: the usable cores)."),
     no_cuda_graph: bool = typer.Option(False, "--no-cuda-graph", help="TensorRT: do not capture CUDA graphs."),
     trust_engine: bool = typer.Option(False, "--trust-engine", help="TensorRT: allow engines that carry host code."),
+    files_from: Optional[str] = typer.Option(None, "--files-from", help="Also classify the paths listed in FILE, one per line ('-': stdin)."),
+    null: bool = typer.Option(False, "-0", "--null", help="--files-from entries are NUL-separated (find -print0)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Skip inputs that have a final record in this NDJSON file; append the others to it."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="Only shard K of N (K/N, 0-based): a stable hash of each path."),
+    dicom_uids: bool = typer.Option(False, "--dicom-uids", help="Add DICOM Study/Series/SOP Instance UIDs to records."),
+    ray: bool = typer.Option(False, "--ray", help="Run on Ray (edgedx[ray]): a local cluster, or --ray-address."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join (auto, ray://HOST:10001); implies --ray."),
+    ray_workers: int = typer.Option(1, "--ray-workers", min=1, help="Ray actors, each with its own model."),
+    ray_cpus: Optional[float] = typer.Option(None, "--ray-cpus", help="CPUs per Ray actor (default 1; less beside a read stage)."),
+    ray_gpus: float = typer.Option(0.0, "--ray-gpus", min=0.0, help="GPUs per Ray actor (fractions allowed)."),
 ) -> None:
     """Classify scans. Exit code 0 when every input got an answer (ok or rejected), 1 when any failed."""
-    from edgedx import api, decode, report
+    from edgedx import api, decode, inputs, report
 
     log_to_stderr(quiet)
     if as_json:
@@ -102,29 +113,62 @@ def classify(
         resize=resize,
         activation=activation,
     )
-    files = api.expand_paths(paths)
-    if not files:
-        raise UsageError("no image or DICOM files found in the given paths")
-    clf = api.Classifier(
-        model,
-        backend.value,
+    ray = ray or ray_address is not None
+    if resume is not None:
+        if output is not None and output != resume:
+            raise UsageError("--resume appends to its own file; leave out --output or give the same file")
+        if fmt not in (Format.json, Format.table):
+            raise UsageError("--resume writes NDJSON (--json)")
+        fmt, output = Format.json, resume
+    if fmt == Format.parquet and output is None:
+        raise UsageError("--format parquet needs --output FILE")
+    if ray and (shard or audit):
+        raise UsageError("--shard and --audit are for plain runs; leave them out with --ray")
+    if not paths and files_from is None:
+        raise UsageError("give files or folders, or --files-from FILE")
+    part = inputs.Shard.parse(shard) if shard else None
+    settings = dict(
+        backend=backend.value,
         threshold=threshold,
         batch_size=batch_size,
         workers=workers,
         use_gate=not no_gate,
-        audit=audit,
         decode_options=decode.DecodeOptions(window=center_width, all_frames=all_frames, max_pixels=max_pixels),
         session_options=_session_options(threads, not no_cuda_graph, trust_engine),
         overrides=overrides,
+        dicom_uids=dicom_uids,
     )
+    clf = api.Classifier(model, audit=audit, **settings)
+    skip: set[str] = set()
+    if resume is not None:
+        from edgedx import resume as resume_mod
+
+        try:
+            skip = resume_mod.prepare(resume, str(clf.model_path)).done
+        except BaseException:
+            clf.close()
+            raise
+    files = inputs.Counted(inputs.select(inputs.gather(paths or [], files_from, null), part, skip))
+    results = clf.classify_many(files)
+    if ray:
+        from edgedx import ray as ray_mod
+
+        options = ray_mod.RayOptions(ray_address, ray_workers, ray_cpus, ray_gpus, batch_size)
+        results = ray_mod.classify(files, {**settings, **ray_mod.actor_settings(options, settings["session_options"], workers), "model": str(clf.model_path)}, options)
     counts = {"ok": 0, "rejected": 0, "error": 0}
-    stream = open(output, "w", encoding="utf-8", errors="backslashreplace") if output else sys.stdout
+    mode = "a" if resume is not None else "w"
+    stream = open(output, mode, encoding="utf-8", errors="backslashreplace") if output and fmt != Format.parquet else sys.stdout
     interrupted = False
     try:
-        writer = report.make_writer(fmt.value, stream, clf.manifest.labels, top_k)
-        with clf, _progress(len(files), quiet) as advance, _stop_on_sigterm():
+        if fmt == Format.parquet:
+            from edgedx.parquet import ParquetWriter
+
+            writer: report.Writer = ParquetWriter(output, clf.manifest.labels, top_k)
+        else:
+            writer = report.make_writer(fmt.value, stream, clf.manifest.labels, top_k)
+        with clf, _progress(None, quiet) as advance, _stop_on_sigterm():
             try:
-                for result in clf.classify_many(files):
+                for result in results:
                     counts[result.status] += 1
                     writer.write(result)
                     advance()
@@ -132,11 +176,13 @@ def classify(
                 interrupted = True
         writer.close()
     finally:
-        if output:
+        if stream is not sys.stdout:
             stream.close()
+    if files.count == 0 and resume is None:
+        raise UsageError("no image or DICOM files found in the given paths")
     done = sum(counts.values())
     if interrupted or counts["error"] or counts["rejected"]:
-        summary = f"{done} answers for {len(files)} inputs: {counts['ok']} ok, {counts['rejected']} rejected, {counts['error']} failed"
+        summary = f"{done} answers for {files.count} inputs: {counts['ok']} ok, {counts['rejected']} rejected, {counts['error']} failed"
         log.warning("%s%s", "interrupted after " if interrupted else "", summary)
     if interrupted:
         raise typer.Exit(130)
@@ -303,22 +349,38 @@ class _stop_on_sigterm:
 
 
 class _progress:
-    """A progress bar on stderr for long runs when stderr is a terminal; a no-op otherwise."""
+    """Progress on stderr for long runs when stderr is a terminal; a no-op otherwise.
 
-    def __init__(self, total: int, quiet: bool) -> None:
-        self.enabled = not quiet and total >= 20 and sys.stderr.isatty()
+    With a known ``total``, a bar; with None (a streamed walk or list), the count and the rate.
+    """
+
+    def __init__(self, total: int | None, quiet: bool) -> None:
+        self.enabled = not quiet and (total is None or total >= 20) and sys.stderr.isatty()
         self.total = total
 
     def __enter__(self):
         if not self.enabled:
             return lambda: None
-        from rich.progress import Progress
+        from rich.progress import Progress, TextColumn, TimeElapsedColumn
 
-        self._p = Progress(transient=True, console=None)
+        columns = [] if self.total is not None else [
+            TextColumn("[progress.description]{task.description}"),
+            TextColumn("{task.completed:,.0f} done"),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+        ]
+        self._p = Progress(*columns, transient=True, console=None)
         self._p.console.file = sys.stderr
         self._p.start()
-        task = self._p.add_task("classifying", total=self.total)
-        return lambda: self._p.advance(task)
+        task = self._p.add_task("classifying", total=self.total, rate="")
+
+        def advance() -> None:
+            self._p.advance(task)
+            speed = self._p.tasks[0].speed
+            if speed:
+                self._p.update(task, rate=f"{speed:,.1f} scans/s")
+
+        return advance
 
     def __exit__(self, *exc: object) -> None:
         if self.enabled:
