@@ -76,14 +76,16 @@ class RayOptions:
 class Predictor:
     """The work of one actor: a Classifier, batches of paths or bytes in, JSON records out.
 
-    Args:
-        classifier: keyword arguments of :class:`edgedx.api.Classifier` (picklable).
+    ``settings`` holds the keyword arguments of :class:`edgedx.api.Classifier` (picklable);
+    :func:`classify` sets it on a subclass per run.
     """
 
-    def __init__(self, classifier: dict[str, Any]) -> None:
+    settings: dict[str, Any] = {}
+
+    def __init__(self) -> None:
         from edgedx.api import Classifier
 
-        self.clf = Classifier(**classifier)
+        self.clf = Classifier(**self.settings)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[str]]:
         if "bytes" in batch:
@@ -118,12 +120,14 @@ def classify(
         ds, reads = _dataset(ray, sources)
         if ds is None:
             return
+        # The settings ride in the class itself, not as constructor arguments in the object store:
+        # a restarted actor must find them even after the driver's references are gone.
+        actor = type(predictor.__name__, (predictor,), {"settings": dict(classifier)})
         ds = ds.map_batches(
-            predictor,
-            fn_constructor_kwargs={"classifier": classifier},
+            actor,
             batch_size=options.batch_size,
             batch_format="numpy",
-            concurrency=options.workers,
+            compute=ray.data.ActorPoolStrategy(size=options.workers),
             num_cpus=_actor_cpus(ray, options, reads),
             num_gpus=options.num_gpus or None,
         )
@@ -159,7 +163,7 @@ def _ray() -> Any:
     ctx.execution_options.preserve_order = True  # records in input order, as edgedx classify writes them
     ctx.enable_progress_bars = False  # edgedx reports progress itself
     ctx.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     return ray
 
 
@@ -168,7 +172,8 @@ def _connect(ray: Any, address: str | None) -> bool:
     if ray.is_initialized():
         return False
     try:
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
+        # Errors only: Ray's notices (auth tokens, deprecations) are not the user's business here.
+        ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR,
                  log_to_driver=False, configure_logging=True)
     except ConnectionError as exc:
         raise UsageError(f"cannot reach the Ray cluster at {address}: {exc}") from None
