@@ -90,7 +90,7 @@ def classify(
     resume: Optional[Path] = typer.Option(None, "--resume", help="Skip inputs that have a final record in this NDJSON file; append the others to it."),
     shard: Optional[str] = typer.Option(None, "--shard", help="Only shard K of N (K/N, 0-based): a stable hash of each path."),
     dicom_uids: bool = typer.Option(False, "--dicom-uids", help="Add DICOM Study/Series/SOP Instance UIDs to records."),
-    ray: bool = typer.Option(False, "--ray", help="Run on Ray (edgedx[ray]): a local cluster, or --ray-address."),
+    ray: bool = typer.Option(False, "--ray", help="Run on Ray (the ray extra): a local cluster, or --ray-address."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join (auto, ray://HOST:10001); implies --ray."),
     ray_workers: int = typer.Option(1, "--ray-workers", min=1, help="Ray actors, each with its own model."),
     ray_cpus: Optional[float] = typer.Option(None, "--ray-cpus", help="CPUs per Ray actor (default 1; less beside a read stage)."),

@@ -191,7 +191,7 @@ def _dataset(ray: Any, sources: Any) -> tuple[Any, bool]:
     if uris and len(uris) != len(items):
         raise UsageError("give local paths or URIs to --ray, not both")
     if uris:
-        return ray.data.read_binary_files(uris, include_paths=True, ray_remote_args={"num_cpus": READ_CPUS}), True
+        return ray.data.read_binary_files(uris, include_paths=True, num_cpus=READ_CPUS), True
     rows = [{"path": path_key(p)} for p in walk(items)]
     if not rows:
         return None, False

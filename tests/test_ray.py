@@ -79,6 +79,21 @@ def test_bytes_dataset_gives_the_classify_bytes_records(cluster, scans):
     assert [r["path"] for r in expected] == [r["path"] for r in rows]
 
 
+def test_uris_go_through_a_read_stage(cluster, scans, tmp_path):
+    """A URI (here Ray's local:// scheme) is read by read tasks; records name the path Ray reports."""
+    from edgedx.api import Classifier
+
+    folder = tmp_path / "bucket"
+    folder.mkdir()
+    for p in [s for s in scans if s.exists()][8:14]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    got = on_ray([f"local://{folder}"])
+    files = sorted(folder.iterdir())
+    with Classifier() as clf:
+        expected = [r.to_dict() for r in clf.classify_bytes_many([f.read_bytes() for f in files], names=map(str, files))]
+    assert sorted(got, key=lambda r: r["path"]) == expected and len(got) == 6
+
+
 from edgedx.ray import Predictor  # noqa: E402  (after importorskip)
 
 
