@@ -125,7 +125,7 @@ def classify(
     if ray and (shard or audit):
         raise UsageError("--shard and --audit are for plain runs; leave them out with --ray")
     if not paths and files_from is None:
-        raise UsageError("give files or folders, or --files-from FILE")
+        raise UsageError("Missing argument 'PATHS...': give files or folders, or --files-from FILE")
     part = inputs.Shard.parse(shard) if shard else None
     settings = dict(
         backend=backend.value,

@@ -142,11 +142,10 @@ def _walk_dir(root: Path) -> Iterator[Path]:
         path = Path(root, entry.name)
         try:
             is_dir = entry.is_dir()
-            link = entry.is_symlink()
-        except OSError:
-            continue
+        except OSError:  # a symlink loop: listed as a file, as os.walk does, to get its error record
+            is_dir = False
         if is_dir:
-            if not link:
+            if not entry.is_symlink():
                 yield from _walk_dir(path)
         elif decode.is_candidate(path):
             yield path

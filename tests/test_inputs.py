@@ -27,6 +27,8 @@ def tree(root: Path) -> Path:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(b"x")
     (root / "loop").symlink_to(root, target_is_directory=True)
+    (root / "loop_a.png").symlink_to(root / "loop_b.png")  # a symlink loop: an input with an error record
+    (root / "loop_b.png").symlink_to(root / "loop_a.png")
     return root
 
 
@@ -34,7 +36,7 @@ def test_streamed_walk_is_the_collected_walk(tmp_path):
     root = tree(tmp_path / "t")
     args = [root / "b", root, tmp_path / "missing.png"]
     assert list(inputs.walk(args)) == expand_paths(args)
-    assert [p.name for p in inputs.walk([root])] == ["x.png", "y.png", "a.png", "w.jpeg", "z.dcm", "c.jpg"]
+    assert [p.name for p in inputs.walk([root])] == ["x.png", "y.png", "a.png", "w.jpeg", "z.dcm", "c.jpg", "loop_a.png", "loop_b.png"]
 
 
 def test_walk_yields_before_it_ends(tmp_path):
