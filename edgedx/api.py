@@ -26,7 +26,7 @@ from edgedx.audit import AuditLog
 from edgedx.backends import Session, SessionOptions, open_session, resolve_backend
 from edgedx.backends.base import cpu_count
 from edgedx.errors import EdgedxError, ModelError, UsageError, file_sha256
-from edgedx.inputs import BytesSource
+from edgedx.inputs import BytesSource, walk
 from edgedx.manifest import Manifest
 
 log = logging.getLogger("edgedx")
@@ -459,18 +459,6 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     """Files as given, folders walked recursively (image and DICOM files only, sorted).
 
     A path that does not exist is kept, so it gets its own error record. Symbolic links to folders
-    are not followed (no loops).
+    are not followed (no loops). The list of :func:`edgedx.inputs.walk`, which streams.
     """
-    import os
-
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if not p.is_dir():
-            out.append(p)
-            continue
-        found = []
-        for root, dirs, files in os.walk(p, followlinks=False, onerror=lambda e: log.warning("cannot list %s", e.filename)):
-            dirs.sort()
-            found.extend(Path(root, f) for f in files if decode.is_candidate(Path(root, f)))
-        out.extend(sorted(found))
-    return out
+    return list(walk(paths))

@@ -32,10 +32,24 @@ def tree(root: Path) -> Path:
     return root
 
 
+def collected_walk(paths):
+    """The walk edgedx had before it streamed: os.walk everything, then sort each folder's files."""
+    from edgedx.decode import is_candidate
+
+    out = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            out.append(p)
+            continue
+        found = [Path(r, f) for r, _, fs in os.walk(p, followlinks=False) for f in fs if is_candidate(Path(r, f))]
+        out.extend(sorted(found))
+    return out
+
+
 def test_streamed_walk_is_the_collected_walk(tmp_path):
     root = tree(tmp_path / "t")
     args = [root / "b", root, tmp_path / "missing.png"]
-    assert list(inputs.walk(args)) == expand_paths(args)
+    assert list(inputs.walk(args)) == collected_walk(args) == expand_paths(args)
     assert [p.name for p in inputs.walk([root])] == ["x.png", "y.png", "a.png", "w.jpeg", "z.dcm", "c.jpg", "loop_a.png", "loop_b.png"]
 
 
