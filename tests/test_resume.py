@@ -132,6 +132,10 @@ def kill_twice_and_resume(tmp_path: Path, count: int, seed: int) -> tuple[list[d
             data = out.read_bytes()
             last = data.rfind(b"\n", 0, len(data) - 1) + 1
             out.write_bytes(data[: last + rng.randrange(1, max(2, len(data) - last - 1))])
+        data = out.read_bytes()
+        begun, complete = data.count(b'{"path"'), data.count(b"\n")
+        where = "at a line end" if data.endswith(b"\n") else "cut mid-line"
+        print(f"killed with {begun} records begun, {complete} complete, {where} (seed {seed})")
     proc = _classify(listing, "--resume", str(out))
     _, err = proc.communicate(timeout=600)
     assert proc.returncode in (0, 1), err
