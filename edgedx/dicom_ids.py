@@ -13,7 +13,7 @@ import logging
 import re
 import warnings
 from types import MappingProxyType
-from typing import Mapping
+from collections.abc import Mapping
 
 from edgedx import decode
 

@@ -23,7 +23,7 @@ _STRINGS = ("path", "label", "error", "status", "reason", "model", "backend", "b
 def _pyarrow() -> Any:
     try:
         import pyarrow
-        import pyarrow.parquet  # noqa: F401
+        import pyarrow.parquet
     except ImportError:
         raise UsageError("Parquet output needs pyarrow: pip install 'edgedx[parquet]'") from None
     return pyarrow
