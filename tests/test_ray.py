@@ -147,5 +147,9 @@ def test_cli_ray_with_files_from_resume_and_parquet(cluster, scans, tmp_path, ca
 def test_ray_refuses_shard(cluster, scans, capsys):
     from edgedx.cli import main
 
+    from edgedx.ray import main as ray_main
+
     assert main(["classify", "--ray", "--shard", "0/2", str(scans[0])]) == 2
     assert "--shard" in capsys.readouterr().err
+    assert ray_main(["--audit", "a.jsonl", str(scans[0])]) == 2  # python -m edgedx.ray is classify --ray
+    assert "--audit" in capsys.readouterr().err
