@@ -400,8 +400,8 @@ class Classifier:
             return
         held = isinstance(source, BytesSource)
         path = source.name if held else str(source)
-        sha, data = None, b""
-        uids = dicom_ids.NONE if self.dicom_uids else None
+        sha = None
+        uids = dict(dicom_ids.NONE) if self.dicom_uids else None
         try:
             # Regular files only; one read serves the hash, the identifiers and the decoder.
             data = source.data if held else decode.read_file(path)

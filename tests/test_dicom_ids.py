@@ -18,10 +18,12 @@ def test_uids_in_records_only_when_asked(tmp_path, capsys, xray_files):
     broken = tmp_path / "broken.dcm"
     broken.write_bytes(ct.read_bytes()[:2000])  # header intact, pixels cut: an error record with UIDs
     audit = tmp_path / "audit.jsonl"
-    code = main(["classify", str(ct), str(broken), str(xray_files[0]), "--json", "--dicom-uids", "--audit", str(audit)])
+    missing = tmp_path / "missing.dcm"
+    code = main(["classify", str(ct), str(broken), str(xray_files[0]), str(missing), "--json", "--dicom-uids", "--audit", str(audit)])
     out, err = capsys.readouterr()
     records = [json.loads(x) for x in out.splitlines()]
-    assert code == 1 and [r["status"] for r in records] == ["rejected", "error", "ok"]
+    assert code == 1 and [r["status"] for r in records] == ["rejected", "error", "ok", "error"]
+    assert all(records[3][k] is None for k in dicom_ids.FIELDS)
     uid = "1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322"
     assert records[0]["sop_instance_uid"] == uid and records[1]["sop_instance_uid"] == uid
     assert records[0]["study_instance_uid"] == "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"
