@@ -396,7 +396,7 @@ class Classifier:
         """(item, image, SourceInfo) per frame; an item with ``error`` set when decoding failed."""
         if isinstance(source, np.ndarray):
             sha = hashlib.sha256(np.ascontiguousarray(source).tobytes()).hexdigest() if self._audit else None
-            yield _Item(index, None, sha256=sha), source, None
+            yield _Item(index, None, sha256=sha, uids=dict(dicom_ids.NONE) if self.dicom_uids else None), source, None
             return
         held = isinstance(source, BytesSource)
         path = source.name if held else str(source)
