@@ -75,6 +75,8 @@ class ParquetWriter:
     def write_record(self, rec: dict[str, Any]) -> None:
         if self._schema is None:
             self._schema = schema(list(rec), self.labels)
+        elif rec.keys() != set(self._schema.names):  # from_pylist would drop or null them silently
+            raise ValueError(f"record fields {sorted(rec)} differ from the file's columns {self._schema.names}")
         self._rows.append(rec)
         if len(self._rows) >= ROW_GROUP:
             self._flush()
