@@ -26,7 +26,7 @@ from edgedx.audit import AuditLog
 from edgedx.backends import Session, SessionOptions, open_session, resolve_backend
 from edgedx.backends.base import cpu_count
 from edgedx.errors import EdgedxError, ModelError, UsageError, file_sha256
-from edgedx.inputs import BytesSource, walk
+from edgedx.inputs import BytesSource, error_kind, walk
 from edgedx.manifest import Manifest
 
 log = logging.getLogger("edgedx")
@@ -42,7 +42,7 @@ class Result:
     ``code: detail``) or ``error`` (``error`` holds the message); only ``ok`` records have a label.
     ``backend_note`` says why this backend ran when ``auto`` had to fall back. ``error_kind`` is
     ``input`` for an error about the input itself (retrying gives the same answer) and ``run`` for
-    an error of the run (a backend failure; worth retrying). ``dicom_uids`` holds the Study, Series
+    an error of the run (a backend failure, a transient read error, no memory; worth retrying). ``dicom_uids`` holds the Study, Series
     and SOP Instance UIDs when asked for (``Classifier(dicom_uids=True)``), else None.
     """
 
@@ -409,7 +409,7 @@ class Classifier:
             uids = dicom_ids.identifiers(data) if self.dicom_uids else None
             frames = decode.decode_bytes(data, self.decode_options)
         except EdgedxError as exc:
-            yield _Item(index, path, error=str(exc), sha256=sha, uids=uids), None, None
+            yield _Item(index, path, error=str(exc), sha256=sha, uids=uids, error_kind=error_kind(exc)), None, None
             return
         except Exception as exc:  # a decoder bug must not lose the other files' results
             yield _Item(index, path, error=f"cannot decode: {type(exc).__name__}", sha256=sha, uids=uids), None, None

@@ -17,6 +17,7 @@ absolute, or all relative to the same folder); the union of the N shards is then
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -63,6 +64,30 @@ class Shard:
 
     def owns(self, path: str | Path) -> bool:
         return shard_of(path, self.count) == self.index
+
+
+#: OS errors that say nothing about the file itself: the storage, the network or the process was
+#: in trouble, and reading again may work. Reads that fail with these are run errors.
+TRANSIENT_ERRNOS = frozenset(
+    getattr(errno, name) for name in ("EIO", "EAGAIN", "EINTR", "ENOMEM", "EMFILE", "ENFILE", "ESTALE",
+                                      "ETIMEDOUT", "ECONNRESET", "ECONNABORTED", "EHOSTUNREACH", "ENETDOWN",
+                                      "ENETUNREACH", "ENOLINK", "EREMOTEIO", "ENOBUFS")
+    if hasattr(errno, name)
+)
+
+
+def error_kind(exc: BaseException) -> str:
+    """``run`` when reading an input failed for a reason outside the file (see
+    :data:`TRANSIENT_ERRNOS`), else ``input``: missing, unreadable, not an image, corrupt, too large.
+
+    Looks through edgedx's one-line errors to the OS error they were raised from.
+    """
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, MemoryError) or (isinstance(seen, OSError) and seen.errno in TRANSIENT_ERRNOS):
+            return "run"
+        seen = seen.__cause__ or seen.__context__
+    return "input"
 
 
 def path_key(path: str | Path) -> str:

@@ -2,7 +2,8 @@
 
 A record is *final* when asking again would give the same answer: status ``ok`` or ``rejected``,
 or an ``error`` about the input itself (``error_kind`` ``input``: unreadable, corrupt, too large).
-An ``error`` of the run (``error_kind`` ``run``: the backend failed on a batch) is not final.
+An ``error`` of the run (``error_kind`` ``run``: the backend failed on a batch, a read failed for a
+reason outside the file, memory ran out; see :func:`edgedx.inputs.error_kind`) is not final.
 
 :func:`prepare` repairs OUT so that it holds only final records, each input at most once, and
 returns the inputs it covers; the run then skips those and appends. Repairs:

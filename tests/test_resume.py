@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -152,3 +153,22 @@ def test_killed_twice_and_resumed_equals_one_run(tmp_path):
     paths = [r["path"] for r in got]
     assert len(paths) == len(set(paths)), f"seed {seed}: duplicated records"
     assert got == expected, f"seed {seed}: resumed records differ from one run"
+
+
+@pytest.mark.parametrize("code, kind", [(errno.EIO, "run"), (errno.ESTALE, "run"), (errno.ENOENT, "input"), (errno.EACCES, "input")])
+def test_read_failures_outside_the_file_are_run_errors(monkeypatch, xray_files, code, kind):
+    """A flaky network mount (EIO, ESTALE) is asked again on --resume; a missing or forbidden file is final."""
+    from edgedx import decode
+    from edgedx.api import Classifier
+    from edgedx.errors import InputError
+
+    def failing_read(path):
+        try:
+            raise OSError(code, os.strerror(code))
+        except OSError as exc:
+            raise InputError(f"cannot read {path}: {exc.strerror}") from None
+
+    monkeypatch.setattr(decode, "read_file", failing_read)
+    with Classifier(workers=0) as clf:
+        r = clf.classify(xray_files[0])
+    assert (r.status, r.error_kind) == ("error", kind)
