@@ -16,6 +16,7 @@ import dataclasses
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from edgedx.audit import AuditLog
 from edgedx.backends import SessionOptions
 from edgedx.backends.base import cpu_count
 from edgedx.errors import UsageError, file_sha256
+from edgedx.inputs import BytesSource
 from edgedx.opening import Fallback, ManifestOverrides, default_spin_wait, open_model
 from edgedx.pipeline import Pipeline, PipelineConfig, Source
 from edgedx.results import Result, RunFacts
@@ -52,6 +54,8 @@ class Classifier:
         decode_options: DICOM window override, all frames, pixel limit.
         session_options: backend options (threads, CUDA graphs, OpenVINO precision, ...).
         overrides: what to assume for a model that carries no manifest.
+        dicom_uids: put each DICOM input's Study/Series/SOP Instance UIDs in its records (they
+            never reach logs).
     """
 
     def __init__(
@@ -67,6 +71,7 @@ class Classifier:
         decode_options: decode.DecodeOptions | None = None,
         session_options: SessionOptions | None = None,
         overrides: ManifestOverrides | None = None,
+        dicom_uids: bool = False,
     ) -> None:
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise UsageError(f"threshold must be in [0, 1], got {threshold}")
@@ -104,7 +109,7 @@ class Classifier:
             self.session.close()
             raise
         facts = RunFacts(str(self.model_path), self.session.name, self.backend_note, self.session.precision)
-        config = PipelineConfig(self.batch_size, self.workers, use_gate, threshold, self.decode_options)
+        config = PipelineConfig(self.batch_size, self.workers, use_gate, threshold, self.decode_options, dicom_uids)
         self._pipeline = Pipeline(self.session, self.manifest, config, facts, self._audit)
 
     @property
@@ -119,6 +124,16 @@ class Classifier:
     def classify(self, source: Source) -> Result:
         """Classify one file or HxW[xC] frame; the first frame of a multi-frame DICOM."""
         return next(iter(self.classify_many([source])))
+
+    def classify_bytes(self, data: bytes, name: str | None = None) -> Result:
+        """Classify a file's content that the caller already holds; ``name`` becomes the record's path."""
+        return next(iter(self.classify_many([BytesSource(data, name)])))
+
+    def classify_bytes_many(self, datas: Iterable[bytes], names: Iterable[str | None] | None = None, *,
+                            workers: int | None = None) -> Iterator[Result]:
+        """:meth:`classify_many` over contents held in memory (``names``: their record paths, in order)."""
+        pairs = zip(datas, repeat(None) if names is None else names)
+        return self.classify_many((BytesSource(d, n) for d, n in pairs), workers=workers)
 
     def classify_many(self, sources: Iterable[Source], *, workers: int | None = None) -> Iterator[Result]:
         """Yield one result per input (per frame with ``all_frames``), in input order, as batches finish.

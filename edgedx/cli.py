@@ -36,6 +36,7 @@ class Format(str, Enum):
     table = "table"
     json = "json"
     csv = "csv"
+    parquet = "parquet"
 
 
 ModelOpt = typer.Option(None, "--model", "-m", callback=model_name, help="ONNX model, TensorRT engine, or a bundled model's name (see `edgedx models`; default: the bundled screening model).")
@@ -104,7 +105,7 @@ def _global_options(
 
 @app.command()
 def classify(
-    paths: List[Path] = typer.Argument(..., help="Image or DICOM files, or folders (walked recursively, sorted)."),
+    paths: Optional[List[Path]] = typer.Argument(None, help="Image or DICOM files, or folders (walked recursively, sorted, streamed)."),
     model: Optional[Path] = ModelOpt,
     backend: Backend = BackendOpt,
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per inference call."),
@@ -131,10 +132,20 @@ def classify(
     no_cuda_graph: bool = typer.Option(False, "--no-cuda-graph", help="TensorRT: do not capture CUDA graphs."),
     trust_engine: bool = typer.Option(False, "--trust-engine", help="TensorRT: allow engines that carry host code."),
     precision: Optional[str] = PrecisionOpt,
-    triton: Optional[str] = typer.Option(None, "--triton", help="Classify on a Triton server: http://HOST:PORT or grpc://HOST:PORT[/MODEL] (see edgedx export triton)."),
+    triton: Optional[str] = typer.Option(None, "--triton", help="Classify on a Triton server: http://HOST:PORT or grpc://HOST:PORT with an optional /MODEL (see edgedx export triton)."),
+    files_from: Optional[str] = typer.Option(None, "--files-from", help="Also classify the paths listed in FILE, one per line ('-': stdin)."),
+    null: bool = typer.Option(False, "-0", "--null", help="--files-from entries are NUL-separated (find -print0)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Skip inputs that have a final record in this NDJSON file; append the others to it."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="Only shard K of N (K/N, 0-based): a stable hash of each path."),
+    dicom_uids: bool = typer.Option(False, "--dicom-uids", help="Add DICOM Study/Series/SOP Instance UIDs to records."),
+    ray: bool = typer.Option(False, "--ray", help="Run on Ray (the ray extra): a local cluster, or --ray-address."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join (auto, ray://HOST:10001); implies --ray."),
+    ray_workers: int = typer.Option(1, "--ray-workers", min=1, help="Ray actors, each with its own model."),
+    ray_cpus: Optional[float] = typer.Option(None, "--ray-cpus", help="CPUs per Ray actor (default 1; less beside a read stage)."),
+    ray_gpus: float = typer.Option(0.0, "--ray-gpus", min=0.0, help="GPUs per Ray actor (fractions allowed)."),
 ) -> None:
     """Classify scans. Exit code 0 when every input got an answer (ok or rejected), 1 when any failed."""
-    from edgedx import api, decode, limits, outputs, report
+    from edgedx import api, decode, inputs, limits, outputs, report
 
     log_to_stderr(quiet)
     if as_json:
@@ -150,10 +161,34 @@ def classify(
         resize=resize,
         activation=activation,
     )
-    files = api.expand_paths(paths)
-    if not files:
-        raise UsageError("no image or DICOM files found in the given paths")
-    outputs.check_targets(outputs.Inputs(files), output, audit)  # never write over an input
+    ray = ray or ray_address is not None
+    if resume is not None:
+        if output is not None and output != resume:
+            raise UsageError("--resume appends to its own file; leave out --output or give the same file")
+        if fmt not in (Format.json, Format.table):
+            raise UsageError("--resume writes NDJSON (--json)")
+        fmt, output = Format.json, resume
+    if fmt == Format.parquet and output is None:
+        raise UsageError("--format parquet needs --output FILE")
+    if ray and (shard or audit or triton):
+        raise UsageError("--shard, --audit and --triton are for plain runs; leave them out with --ray")
+    if not paths and files_from is None:
+        raise UsageError("Missing argument 'PATHS...': give files or folders, or --files-from FILE")
+    part = inputs.Shard.parse(shard) if shard else None
+    # Never write over an input: the paths given, and any existing scan (walked or listed files).
+    outputs.check_targets(outputs.Inputs(paths or []), output, audit)
+    settings = dict(
+        backend=backend.value,
+        threshold=threshold,
+        batch_size=batch_size,
+        workers=workers,
+        use_gate=not no_gate,
+        decode_options=decode.DecodeOptions(window=center_width, all_frames=all_frames, max_pixels=max_pixels,
+                                            max_file_size=limits.parse_size(max_file_size)),
+        session_options=_session_options(threads, not no_cuda_graph, trust_engine, precision),
+        overrides=overrides,
+        dicom_uids=dicom_uids,
+    )
     if triton is not None:
         from edgedx.serving import client as triton_client
 
@@ -163,37 +198,55 @@ def classify(
             "--mean": mean is not None, "--std": std is not None, "--scale": scale is not None, "--resize": resize is not None,
             "--activation": activation is not None, "--no-gate": no_gate, "--audit": audit is not None,
             "--threads": threads is not None, "--no-cuda-graph": no_cuda_graph, "--trust-engine": trust_engine,
-            "--precision": precision is not None,
+            "--precision": precision is not None, "--dicom-uids": dicom_uids,
         })
         clf = triton_client.TritonClassifier(triton, batch_size=batch_size, concurrency=workers or 4, threshold=threshold)
     else:
-        clf = api.Classifier(
-            model,
-            backend.value,
-            threshold=threshold,
-            batch_size=batch_size,
-            workers=workers,
-            use_gate=not no_gate,
-            audit=audit,
-            decode_options=decode.DecodeOptions(window=center_width, all_frames=all_frames, max_pixels=max_pixels,
-                                                max_file_size=limits.parse_size(max_file_size)),
-            session_options=_session_options(threads, not no_cuda_graph, trust_engine, precision),
-            overrides=overrides,
-        )
-    progress = RunProgress(len(files), quiet=quiet, output=output)
-    stream = outputs.open_results(output)  # whole records; a failed write is one line, exit 5
+        clf = api.Classifier(model, audit=audit, **settings)
+    skip: set[str] = set()
+    if resume is not None:
+        from edgedx import resume as resume_mod
+
+        try:
+            skip = resume_mod.prepare(resume, str(getattr(clf, "model_path", "")) or None).done
+        except BaseException:
+            clf.close()
+            raise
+    files = inputs.Counted(inputs.select(inputs.gather(paths or [], files_from, null), part, skip))
+    results = clf.classify_many(files)
+    if ray:
+        from edgedx import ray as ray_mod
+
+        options = ray_mod.RayOptions(ray_address, ray_workers, ray_cpus, ray_gpus, batch_size)
+        results = ray_mod.classify(files, {**settings, **ray_mod.actor_settings(options, settings["session_options"], workers), "model": str(clf.model_path)}, options)
+    progress = RunProgress(None, quiet=quiet, output=output)  # a streamed walk: the total is known at the end
+    if fmt == Format.parquet:
+        stream = None
+    elif resume is not None:
+        stream = outputs.open_sink(resume, append=True, what="results")  # whole records; exit 5 on a failed write
+    else:
+        stream = outputs.open_results(output)  # whole records; a failed write is one line, exit 5
     try:
-        writer = report.make_writer(fmt.value, stream, clf.manifest.labels, top_k)
+        if fmt == Format.parquet:
+            from edgedx.parquet import ParquetWriter
+
+            writer: report.Writer = ParquetWriter(output, clf.manifest.labels, top_k)
+        else:
+            writer = report.make_writer(fmt.value, stream, clf.manifest.labels, top_k)
         with clf, progress, _stop_on_sigterm():
             try:
-                for result in clf.classify_many(files):
+                for result in results:
                     writer.write(result)
                     progress.advance(result.status)
             except KeyboardInterrupt:
                 progress.interrupted = True
         writer.close()
     finally:
-        stream.close()
+        if stream is not None:
+            stream.close()
+    progress.total = files.count
+    if files.count == 0 and resume is None:
+        raise UsageError("no image or DICOM files found in the given paths")
     progress.print_summary()
     if progress.interrupted:
         raise typer.Exit(130)

@@ -25,14 +25,15 @@ from typing import Union
 
 import numpy as np
 
-from edgedx import decode, gate, postprocess, preprocess, results
+from edgedx import decode, dicom_ids, gate, postprocess, preprocess, results
 from edgedx.audit import AuditLog
 from edgedx.backends import Session
 from edgedx.errors import EdgedxError, UsageError
+from edgedx.inputs import BytesSource, error_kind
 from edgedx.manifest import Manifest
 from edgedx.results import Result, RunFacts
 
-Source = Union[str, Path, np.ndarray]
+Source = Union[str, Path, np.ndarray, BytesSource]
 
 #: Inputs a load-ahead worker takes at a time (capped at the batch size).
 LOAD_CHUNK = 4
@@ -49,6 +50,8 @@ class Item:
     rejected: gate.Rejection | None = None
     sha256: str | None = None  # of the input file's bytes, for the audit trail
     sample: np.ndarray | None = None  # resized pixels, until normalized into the batch buffer
+    error_kind: str = "input"  # or "run": reading failed for a reason outside the file
+    uids: dict[str, str | None] | None = None  # DICOM identifiers, when asked for
 
     @property
     def ready(self) -> bool:
@@ -75,6 +78,7 @@ class PipelineConfig:
         use_gate: abstain on inputs the manifest does not accept and on blank/saturated images.
         threshold: overrides the manifest's operating threshold.
         decode_options: what the decoder may skip or must refuse.
+        dicom_uids: put each DICOM input's Study/Series/SOP Instance UIDs in its records.
     """
 
     batch_size: int
@@ -82,6 +86,7 @@ class PipelineConfig:
     use_gate: bool = True
     threshold: float | None = None
     decode_options: decode.DecodeOptions = field(default_factory=decode.DecodeOptions)
+    dicom_uids: bool = False
 
 
 class Pipeline:
@@ -229,15 +234,15 @@ class Pipeline:
         facts = self.facts
         for it in batch.items:
             if it.error is not None:
-                result = results.error(it.path, it.frame, it.error, facts)
+                result = results.error(it.path, it.frame, it.error, facts, it.error_kind, it.uids)
             elif it.rejected is not None:
-                result = results.rejected(it.path, it.frame, it.rejected.code, it.rejected.detail, facts)
-            elif batch.error is not None:
-                result = results.error(it.path, it.frame, batch.error, facts)
+                result = results.rejected(it.path, it.frame, it.rejected.code, it.rejected.detail, facts, it.uids)
+            elif batch.error is not None:  # the backend failed on this batch: worth retrying
+                result = results.error(it.path, it.frame, batch.error, facts, "run", it.uids)
             elif (prediction := next(predictions)) is None:  # NaN/inf from the model: never a decision
-                result = results.error(it.path, it.frame, postprocess.NON_FINITE, facts)
+                result = results.error(it.path, it.frame, postprocess.NON_FINITE, facts, "input", it.uids)
             else:
-                result = results.ok(it.path, it.frame, prediction, facts)
+                result = results.ok(it.path, it.frame, prediction, facts, it.uids)
             if self.audit is not None:
                 self.audit.write(result, it.sha256)
             yield result
@@ -283,24 +288,29 @@ class Pipeline:
     def _decode(self, index: int, source: Source) -> Iterator[tuple[Item, np.ndarray | None, decode.SourceInfo | None]]:
         """(item, image, SourceInfo) per frame; an item with ``error`` set when decoding failed."""
         hashing = self.audit is not None
+        want_uids = self.config.dicom_uids
         if isinstance(source, np.ndarray):
             sha = hashlib.sha256(np.ascontiguousarray(source).tobytes()).hexdigest() if hashing else None
-            yield Item(index, None, sha256=sha), source, None
+            yield Item(index, None, sha256=sha, uids=dict(dicom_ids.NONE) if want_uids else None), source, None
             return
-        path = str(source)
+        held = isinstance(source, BytesSource)
+        path = source.name if held else str(source)
         sha = None
+        uids = dict(dicom_ids.NONE) if want_uids else None
         try:
-            data = decode.read_file(path, self.config.decode_options.max_file_size)  # regular files, size-checked first
+            # Regular files only, size-checked first; one read serves the hash, the identifiers and the decoder.
+            data = source.data if held else decode.read_file(path, self.config.decode_options.max_file_size)
             sha = hashlib.sha256(data).hexdigest() if hashing else None
+            uids = dicom_ids.identifiers(data) if want_uids else None
             frames = decode.decode_bytes(data, self.config.decode_options)
         except EdgedxError as exc:
-            yield Item(index, path, error=str(exc), sha256=sha), None, None
+            yield Item(index, path, error=str(exc), sha256=sha, uids=uids, error_kind=error_kind(exc)), None, None
             return
         except Exception as exc:  # a decoder bug must not lose the other files' results
-            yield Item(index, path, error=f"cannot decode: {type(exc).__name__}", sha256=sha), None, None
+            yield Item(index, path, error=f"cannot decode: {type(exc).__name__}", sha256=sha, uids=uids), None, None
             return
         for d in frames:
-            yield Item(index, path, frame=d.info.frame, sha256=sha), d.image, d.info
+            yield Item(index, path, frame=d.info.frame, sha256=sha, uids=uids), d.image, d.info
 
 
 class _Turn:

@@ -20,8 +20,14 @@ class Writer(Protocol):
 
 
 def record(result: Result, top_k: int | None = None) -> dict[str, Any]:
-    """The JSON record of one result; ``top_k`` adds the k best labels."""
+    """The JSON record of one result; ``top_k`` adds the k best labels.
+
+    DICOM identifiers (asked for with ``dicom_uids``) become top-level ``*_instance_uid`` fields.
+    """
     out = result.to_dict()
+    uids = out.pop("dicom_uids", None)
+    if uids is not None:
+        out.update(uids)
     if top_k:
         ranked = sorted((result.scores or {}).items(), key=lambda kv: -kv[1])[:top_k]
         out["top_k"] = [{"label": k, "score": v} for k, v in ranked]

@@ -25,7 +25,11 @@ class Result:
     code, ``reason`` the detail) or ``error`` (``error`` holds the message); only ``ok`` records have a label.
     ``backend`` names the backend that ran; ``backend_note`` says why it ran when ``auto`` had to
     fall back; ``precision`` is the inference precision the backend ran in (``None`` when the
-    backend does not choose one, e.g. ONNX Runtime running the file as stored).
+    backend does not choose one, e.g. ONNX Runtime running the file as stored). ``error_kind`` is
+    ``input`` for an error about the input itself (retrying gives the same answer) and ``run`` for an
+    error of the run (a backend failure, a transient read error, no memory; worth retrying).
+    ``dicom_uids`` holds the Study, Series and SOP Instance UIDs when asked for
+    (``Classifier(dicom_uids=True)``), else None.
     """
 
     path: str | None
@@ -43,6 +47,8 @@ class Result:
     positive: bool | None = None
     backend_note: str | None = None
     precision: str | None = None
+    error_kind: str | None = None
+    dicom_uids: dict[str, str | None] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,7 +74,7 @@ class Decision(Protocol):
     positive: bool | None
 
 
-def ok(path: str | None, frame: int | None, decision: Decision, facts: RunFacts) -> Result:
+def ok(path: str | None, frame: int | None, decision: Decision, facts: RunFacts, uids: dict[str, str | None] | None = None) -> Result:
     """The record of an input that got an answer."""
     return Result(
         path,
@@ -82,10 +88,12 @@ def ok(path: str | None, frame: int | None, decision: Decision, facts: RunFacts)
         backend=facts.backend,
         backend_note=facts.backend_note,
         precision=facts.precision,
+        dicom_uids=uids,
     )
 
 
-def rejected(path: str | None, frame: int | None, code: str, detail: str, facts: RunFacts) -> Result:
+def rejected(path: str | None, frame: int | None, code: str, detail: str, facts: RunFacts,
+             uids: dict[str, str | None] | None = None) -> Result:
     """The record of an input the gate abstained on: a stable reason code and its detail."""
     return Result(
         path,
@@ -97,18 +105,23 @@ def rejected(path: str | None, frame: int | None, code: str, detail: str, facts:
         backend=facts.backend,
         backend_note=facts.backend_note,
         precision=facts.precision,
+        dicom_uids=uids,
     )
 
 
-def error(path: str | None, frame: int | None, message: str, facts: RunFacts) -> Result:
-    """The record of an input that failed (decode, preprocess or its batch's inference)."""
+def error(path: str | None, frame: int | None, message: str, facts: RunFacts, kind: str = "input",
+          uids: dict[str, str | None] | None = None) -> Result:
+    """The record of an input that failed (decode, preprocess or its batch's inference); ``kind``
+    says whether the input (``input``) or the run (``run``) failed."""
     return Result(
         path,
         status="error",
         error=message,
+        error_kind=kind,
         frame=frame,
         model=facts.model,
         backend=facts.backend,
         backend_note=facts.backend_note,
         precision=facts.precision,
+        dicom_uids=uids,
     )

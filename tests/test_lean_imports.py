@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-HEAVY = ("torch", "tensorflow", "keras", "tensorrt", "tensorrt_lean", "tensorrt_rtx", "cuda", "pycuda", "onnxruntime", "openvino", "pydicom", "onnx", "tritonclient", "grpc", "gevent")
+HEAVY = ("torch", "tensorflow", "keras", "tensorrt", "tensorrt_lean", "tensorrt_rtx", "cuda", "pycuda", "onnxruntime", "openvino", "pydicom", "onnx", "tritonclient", "grpc", "gevent", "ray", "pyarrow")
 
 
 def loaded_after(statement: str) -> set[str]:
@@ -27,3 +27,11 @@ def test_api_import_loads_no_gpu_or_training_stack():
 def test_help_runs_without_loading_backends():
     r = subprocess.run([sys.executable, "-m", "edgedx", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "classify" in r.stdout
+
+
+def test_archive_scale_modules_load_no_ray_or_pyarrow():
+    """Ray and pyarrow load only when --ray or --format parquet runs, not with the modules that name them."""
+    mods = loaded_after("import edgedx, edgedx.cli, edgedx.inputs, edgedx.resume, edgedx.parquet, edgedx.dicom_ids; edgedx.cli.mount_export()")
+    assert not mods & {"ray", "pyarrow", "pydicom"}, mods & {"ray", "pyarrow", "pydicom"}
+    mods = loaded_after("import edgedx.api")
+    assert not mods & {"ray", "pyarrow"}
