@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgedx import calibration
 from edgedx.errors import ModelError
 from edgedx.manifest import Activation, Manifest
 
@@ -41,8 +42,16 @@ def check_output(manifest: Manifest, width: int) -> None:
 
 
 def probabilities(raw: np.ndarray, manifest: Manifest) -> np.ndarray:
-    """(N, K) raw outputs -> (N, len(labels)) scores in label order."""
+    """(N, K) raw outputs -> (N, len(labels)) scores in label order, calibrated when the manifest says so."""
     raw = np.asarray(raw, np.float64).reshape(raw.shape[0], -1)
+    probs = _activate(raw, manifest)
+    if not manifest.calibration:
+        return probs
+    logp = calibration.log_probabilities(raw, probs, manifest.activation.value, manifest.positive_index)
+    return calibration.apply(manifest.calibration, logp, manifest.positive_index)
+
+
+def _activate(raw: np.ndarray, manifest: Manifest) -> np.ndarray:
     if manifest.activation is Activation.SOFTMAX:
         z = raw - raw.max(axis=1, keepdims=True)
         e = np.exp(z)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -28,6 +29,22 @@ class ResizePolicy(str, Enum):
     STRETCH = "stretch"  # resize to the target, aspect ratio not kept
     LETTERBOX = "letterbox"  # fit inside the target, pad the rest with ``pad_value``
     CENTER_CROP = "center_crop"  # shorter side to the target, then crop the centre
+
+
+class Interpolation(str, Enum):
+    """How pixels are resampled to the model's size; the manifest states the one the model was trained with.
+
+    ``area`` is edgedx's own default (pixel-area averaging when shrinking, bilinear when enlarging);
+    ``nearest`` is Keras ``flow_from_directory``'s (PIL's centre-aligned nearest neighbour);
+    ``linear`` with ``antialias`` is torchvision ``Resize``'s (PIL's bilinear filter, widened when
+    shrinking); without ``antialias`` it is OpenCV's / ``F.interpolate``'s bilinear. ``cubic``
+    likewise (antialiased: PIL's bicubic; otherwise OpenCV's).
+    """
+
+    NEAREST = "nearest"
+    LINEAR = "linear"
+    AREA = "area"
+    CUBIC = "cubic"
 
 
 class Layout(str, Enum):
@@ -47,6 +64,8 @@ class PreprocessSpec:
         mean, std: per-channel normalization after ``scale``; one value or one per channel.
         layout: NCHW (PyTorch) or NHWC (Keras).
         pad_value: letterbox fill, in the 0..255 pixel domain.
+        interpolation: the resampling the model was trained with.
+        antialias: ``linear``/``cubic`` only: widen the filter when shrinking (PIL, torchvision).
     """
 
     width: int
@@ -58,6 +77,8 @@ class PreprocessSpec:
     std: tuple[float, ...] = (1.0,)
     layout: Layout = Layout.NCHW
     pad_value: float = 0.0
+    interpolation: Interpolation = Interpolation.AREA
+    antialias: bool = False
     _coeffs: tuple[np.ndarray, np.ndarray] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -66,6 +87,7 @@ class PreprocessSpec:
             raise ValueError("; ".join(problems))
         object.__setattr__(self, "resize", ResizePolicy(self.resize))
         object.__setattr__(self, "layout", Layout(self.layout))
+        object.__setattr__(self, "interpolation", Interpolation(self.interpolation))
         mean = np.broadcast_to(np.asarray(self.mean, np.float32), (self.channels,))
         std = np.broadcast_to(np.asarray(self.std, np.float32), (self.channels,))
         # (x * scale - mean) / std == x * gain + bias
@@ -84,6 +106,12 @@ class PreprocessSpec:
             out.append(f"resize: must be one of {[p.value for p in ResizePolicy]}, got {self.resize!r}")
         if not isinstance(self.layout, str) or self.layout not in {p.value for p in Layout}:
             out.append(f"layout: must be NCHW or NHWC, got {self.layout!r}")
+        if not isinstance(self.interpolation, str) or self.interpolation not in {p.value for p in Interpolation}:
+            out.append(f"interpolation: must be one of {[p.value for p in Interpolation]}, got {self.interpolation!r}")
+        elif not isinstance(self.antialias, bool):
+            out.append(f"antialias: must be true or false, got {self.antialias!r}")
+        elif self.antialias and self.interpolation not in (Interpolation.LINEAR, Interpolation.CUBIC):
+            out.append(f"antialias: applies to linear and cubic interpolation, not {Interpolation(self.interpolation).value}")
         for name in ("mean", "std"):
             values = getattr(self, name)
             if not isinstance(values, tuple) or len(values) not in (1, self.channels if self.channels in (1, 3) else 1):
@@ -216,7 +244,7 @@ def _resize(img: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
         crop_w = min(w, max(1, round(h * spec.width / spec.height)))
         crop_h = min(h, max(1, round(w * spec.height / spec.width)))
         x0, y0 = (w - crop_w) // 2, (h - crop_h) // 2
-        return _resize_to(img[y0 : y0 + crop_h, x0 : x0 + crop_w], spec.width, spec.height)
+        return _resize_to(img[y0 : y0 + crop_h, x0 : x0 + crop_w], spec.width, spec.height, spec)
     if spec.resize is ResizePolicy.LETTERBOX:
         s = min(spec.width / w, spec.height / h)
         nw, nh = max(1, round(w * s)), max(1, round(h * s))
@@ -224,14 +252,74 @@ def _resize(img: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
         pad = spec.pad_value * 257 if img.dtype == np.uint16 else spec.pad_value
         canvas = np.full((spec.height, spec.width, *img.shape[2:]), pad, img.dtype)
         x0, y0 = (spec.width - nw) // 2, (spec.height - nh) // 2
-        canvas[y0 : y0 + nh, x0 : x0 + nw] = _resize_to(img, nw, nh)
+        canvas[y0 : y0 + nh, x0 : x0 + nw] = _resize_to(img, nw, nh, spec)
         return canvas
-    return _resize_to(img, spec.width, spec.height)
+    return _resize_to(img, spec.width, spec.height, spec)
 
 
-def _resize_to(img: np.ndarray, width: int, height: int) -> np.ndarray:
+_CV2_FLAGS = {Interpolation.NEAREST: cv2.INTER_NEAREST_EXACT, Interpolation.LINEAR: cv2.INTER_LINEAR, Interpolation.CUBIC: cv2.INTER_CUBIC}
+
+
+def _resize_to(img: np.ndarray, width: int, height: int, spec: PreprocessSpec) -> np.ndarray:
     h, w = img.shape[:2]
     if (w, h) == (width, height):
         return img
-    shrinking = width < w and height < h
-    return cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    if spec.antialias:
+        return _resample(img, width, height, spec.interpolation.value)
+    if spec.interpolation is Interpolation.AREA:
+        shrinking = width < w and height < h
+        return cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    return cv2.resize(img, (width, height), interpolation=_CV2_FLAGS[spec.interpolation])
+
+
+def _triangle(x: np.ndarray) -> np.ndarray:
+    return np.clip(1.0 - np.abs(x), 0.0, None)
+
+
+def _keys_cubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
+    x = np.abs(x)
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    return np.where(x < 1, near, np.where(x < 2, far, 0.0))
+
+
+_FILTERS = {"linear": (_triangle, 1.0), "cubic": (_keys_cubic, 2.0)}
+
+
+@lru_cache(maxsize=64)
+def _taps(size_in: int, size_out: int, kind: str) -> np.ndarray:
+    """PIL's resampling weights for one axis as a dense (out, in) float32 matrix (BLAS does the rest).
+
+    The filter is widened by the shrink factor (antialiasing); centres are pixel centres.
+    """
+    fn, support = _FILTERS[kind]
+    scale = size_in / size_out
+    fscale = max(scale, 1.0)
+    reach = support * fscale
+    centre = (np.arange(size_out) + 0.5) * scale
+    first = np.maximum((centre - reach + 0.5).astype(np.int64), 0)
+    last = np.minimum((centre + reach + 0.5).astype(np.int64), size_in)
+    index = np.arange(size_in)[None, :]
+    weight = fn((index - centre[:, None] + 0.5) / fscale)
+    weight[(index < first[:, None]) | (index >= last[:, None])] = 0.0
+    weight /= weight.sum(1, keepdims=True)
+    return weight.astype(np.float32)
+
+
+def _resample(img: np.ndarray, width: int, height: int, kind: str) -> np.ndarray:
+    """Antialiased separable resampling (PIL's algorithm: horizontal pass first, integer images
+    rounded and clipped after each pass); keeps the dtype."""
+    wx = _taps(img.shape[1], width, kind)
+    wy = _taps(img.shape[0], height, kind)
+    top = None if img.dtype == np.float32 else float(np.iinfo(img.dtype).max)
+    planes = [img] if img.ndim == 2 else [img[:, :, c] for c in range(img.shape[2])]
+    out = []
+    for plane in planes:
+        rows = plane.astype(np.float32) @ wx.T
+        if top is not None:
+            rows = np.clip(np.rint(rows), 0, top)
+        out.append(wy @ rows)
+    res = out[0] if img.ndim == 2 else np.stack(out, axis=2)
+    if top is None:
+        return res
+    return np.clip(np.rint(res), 0, top).astype(img.dtype)
