@@ -38,46 +38,70 @@ MaxSensDrop = typer.Option(0.01, "--max-sensitivity-drop", min=0.0, help="Gate: 
 MaxFlipRate = typer.Option(None, "--max-flip-rate", min=0.0, max=1.0, help="Gate: largest allowed fraction of flipped decisions (off by default).")
 
 
+VerboseOpt = typer.Option(False, "--verbose", "-v", help="Let third-party output (torch, Keras, ONNX Runtime) through to stderr.")
+
+
 @app.command("onnx")
 def onnx_command(
-    model: Path = typer.Argument(..., help="State dict (.pt/.pth, with --arch), TorchScript archive, torch.export .pt2, or Keras .keras/.h5."),
-    output: Path = typer.Option(..., "--out", "-o", help="The ONNX file to write."),
+    model: Path = typer.Argument(..., help="An ONNX model you have, a state dict (.pt/.pth, with --arch), TorchScript, torch.export .pt2, or Keras .keras/.h5."),
+    output: Path = typer.Option(..., "--out", "-o", help="The ONNX file to write (nothing is left there if a check fails)."),
     manifest_file: Optional[Path] = typer.Option(None, "--manifest", help="PyTorch: a JSON manifest (labels, input, preprocess, output, threshold) instead of the options below."),
     labels: Optional[str] = typer.Option(None, help="Comma-separated labels in the model's output order."),
     positive: Optional[str] = typer.Option(None, "--positive", help="Binary models: the label screened for."),
     threshold: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Binary models: operating threshold on the positive label's probability."),
-    size: Optional[str] = typer.Option(None, help="Input size W or WxH (PyTorch: required without --manifest; Keras: from the model)."),
-    channels: Optional[int] = typer.Option(None, help="1 (gray) or 3 (RGB); default 3 (Keras: from the model)."),
-    mean: Optional[str] = typer.Option(None, help="Per-channel mean after scale (default 0)."),
-    std: Optional[str] = typer.Option(None, help="Per-channel std (default 1)."),
-    scale: Optional[float] = typer.Option(None, help="Pixel scale before mean/std (default 1/255)."),
+    size: Optional[str] = typer.Option(None, help="Input size W or WxH (ONNX and Keras: from the model; PyTorch: required without --manifest)."),
+    channels: Optional[int] = typer.Option(None, help="1 (gray) or 3 (RGB); ONNX and Keras: from the model, else 3."),
+    layout: Optional[str] = typer.Option(None, help="ONNX: NCHW or NHWC when the input shape does not tell."),
+    mean: Optional[str] = typer.Option(None, help="Per-channel mean after scale (default 0); numbers or fractions."),
+    std: Optional[str] = typer.Option(None, help="Per-channel std (default 1); numbers or fractions."),
+    scale: Optional[str] = typer.Option(None, help="Pixel scale before mean/std, e.g. 1/255 (the default; Keras with its own Rescaling layer: 1)."),
+    force_scale: bool = typer.Option(False, "--force-scale", help="Keras: apply --scale/--mean/--std even though the model has its own Rescaling/Normalization layer."),
     resize: Optional[str] = typer.Option(None, help="stretch (default), letterbox or center_crop."),
-    activation: Optional[str] = typer.Option(None, help="PyTorch: softmax (default) or sigmoid on the logits. Keras: taken from the last layer."),
-    arch: Optional[str] = typer.Option(None, "--arch", help="State dicts: screening_cnn or resnet (export.models.ARCHITECTURES)."),
+    interpolation: Optional[str] = typer.Option(None, help="nearest, linear, area or cubic: what the model was trained with (default: the source framework's loader default)."),
+    antialias: Optional[bool] = typer.Option(None, "--antialias/--no-antialias", help="linear/cubic: antialiased like PIL and torchvision Resize."),
+    activation: Optional[str] = typer.Option(None, help="softmax, sigmoid or none. ONNX: outputs are logits unless this says otherwise (a final Softmax/Sigmoid is detected). PyTorch: softmax by default. Keras: from the last layer."),
+    accepts: Optional[str] = typer.Option(None, "--accepts", help='What inputs the model is for, as JSON: \'{"modalities": ["CR", "DX"], "min_size": 64}\'.'),
+    arch: Optional[str] = typer.Option(None, "--arch", help="State dicts: a name (screening_cnn, resnet, resnet18/34/50 in torchvision layout), path/to/file.py:ClassName or package.module:ClassName."),
     arch_kwargs: Optional[str] = typer.Option(None, "--arch-kwargs", help='State dicts: constructor arguments as JSON, e.g. \'{"in_channels": 1, "widths": [24, 32, 64]}\'.'),
     images: Optional[List[Path]] = typer.Option(None, "--images", help="Real scans (files or folders) to compare ONNX Runtime with the source on."),
     num_images: int = typer.Option(16, "--num-images", min=1, help="How many of --images to compare on."),
-    opset: int = typer.Option(17, min=13, help="ONNX opset."),
+    opset: int = typer.Option(17, min=13, help="ONNX opset (PyTorch and Keras sources)."),
     simplify: bool = typer.Option(False, "--simplify", help="Simplify the graph with onnxslim (or onnx-simplifier)."),
     static_batch: bool = typer.Option(False, "--static-batch", help="Batch axis fixed at 1 instead of dynamic."),
     atol: float = typer.Option(1e-4, min=0.0, help="Largest allowed probability difference from the source."),
     min_agreement: float = typer.Option(1.0, min=0.0, max=1.0, help="Smallest allowed top-1 agreement with the source."),
     as_json: bool = JsonOpt,
+    verbose: bool = VerboseOpt,
 ) -> None:
-    """Export a PyTorch or Keras model to one self-contained ONNX file with its manifest, checked on real images."""
-    from export import from_keras, to_onnx
+    """Bring a model in: an existing ONNX, PyTorch or Keras model -> one self-contained ONNX file with its manifest, checked on real images."""
+    from export import contract, from_keras, quiet, to_onnx
 
     log_to_stderr()
+    quiet.set_verbose(verbose)
     tol = to_onnx.Tolerance(atol, min_agreement)
     files = _pick(_expand(images), num_images) if images else None
-    if model.suffix.lower() in (".keras", ".h5", ".hdf5"):
+    given = contract.Given(
+        labels=tuple(labels.split(",")) if labels else None, positive_label=positive, threshold=threshold,
+        size=_size(size) if size else None, channels=channels, layout=layout.upper() if layout else None,
+        scale=contract.number(scale, "--scale") if scale is not None else None,
+        mean=contract.numbers(mean, "--mean"), std=contract.numbers(std, "--std"), resize=resize,
+        interpolation=interpolation, antialias=antialias, activation=activation,
+        accepts=contract.parse_accepts(accepts), force_scale=force_scale,
+    )
+    suffix = model.suffix.lower()
+    if suffix == ".onnx":
+        from export.from_onnx import import_onnx
+
+        if manifest_file is not None or arch is not None:
+            raise UsageError("--manifest and --arch are for PyTorch sources; an ONNX model takes --labels and the preprocessing options")
+        result = import_onnx(model, output, given, images=files, static_batch=static_batch, simplify=simplify, tolerance=tol)
+    elif suffix in (".keras", ".h5", ".hdf5"):
         if not labels:
             raise UsageError("Keras models need --labels (in output order: flow_from_directory sorts the class folders)")
-        spec = _keras_spec(size, channels, mean, std, scale, resize)
-        result = from_keras.export_keras(model, output, labels.split(","), positive_label=positive, threshold=threshold, spec=spec,
-                                      images=files, opset=opset, simplify=simplify, tolerance=tol)
+        result = from_keras.export_keras(model, output, list(given.labels or ()), positive_label=positive, threshold=threshold, given=given,
+                                         images=files, opset=opset, simplify=simplify, tolerance=tol)
     else:
-        manifest = _torch_manifest(manifest_file, labels, positive, threshold, size, channels, mean, std, scale, resize, activation)
+        manifest = _torch_manifest(manifest_file, given)
         kwargs = _json_arg(arch_kwargs, "--arch-kwargs") if arch_kwargs else None
         result = to_onnx.export_torch(model, output, manifest, images=files, architecture=arch, arch_kwargs=kwargs, opset=opset,
                                       simplify=simplify, dynamic_batch=not static_batch, tolerance=tol)
@@ -87,6 +111,8 @@ def onnx_command(
     c = result["comparison"]
     print(f"wrote      {result['output']} ({result['bytes'] / 1e6:.2f} MB, opset {result['opset']}, from {result['from']})")
     print(f"sha256     {result['sha256']}")
+    if "batch" in result:
+        print(f"batch      {result['batch']}")
     print(f"checked    {c['images']} images: max |p_onnx - p_source| {c['max_abs_error']:.2e} (tol {c['atol']:g}), "
           f"top-1 agreement {c['top1_agreement']:.3f}")
 
@@ -331,51 +357,25 @@ def _json_arg(text: str, what: str) -> Any:
         raise UsageError(f"{what} is not JSON: {exc.msg}") from None
 
 
-def _keras_spec(size, channels, mean, std, scale, resize):
-    """None (the model's own input size, scale 1/255) unless an option overrides it."""
-    if size is None and mean is None and std is None and scale is None and resize is None:
-        return None
-    if size is None:
-        raise UsageError("give --size with --mean/--std/--scale/--resize for a Keras model")
-    from edgedx.preprocess import PreprocessSpec
-
-    w, h = _size(size)
-    try:
-        return PreprocessSpec(width=w, height=h, channels=channels or 3, layout="NHWC", scale=1 / 255 if scale is None else scale,
-                              mean=_floats(mean, "--mean") or (0.0,), std=_floats(std, "--std") or (1.0,), resize=resize or "stretch")
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-
-
-def _torch_manifest(manifest_file, labels, positive, threshold, size, channels, mean, std, scale, resize, activation):
+def _torch_manifest(manifest_file: Optional[Path], given: Any):
+    """A PyTorch source's manifest: from --manifest (plus --accepts), or from the options."""
     from edgedx import manifest as manifest_mod
+    from export.contract import build_manifest
 
     if manifest_file is not None:
-        given = [n for n, v in (("--labels", labels), ("--size", size), ("--mean", mean), ("--std", std)) if v is not None]
-        if given:
-            raise UsageError(f"give --manifest or {', '.join(given)}, not both")
+        stated = [n for n, v in (("--labels", given.labels), ("--size", given.size), ("--mean", given.mean), ("--std", given.std),
+                                 ("--scale", given.scale), ("--interpolation", given.interpolation)) if v is not None]
+        if stated:
+            raise UsageError(f"give --manifest or {', '.join(stated)}, not both")
         try:
-            return manifest_mod.from_json(manifest_file.read_text(encoding="utf-8"), str(manifest_file))
+            found = manifest_mod.from_json(manifest_file.read_text(encoding="utf-8"), str(manifest_file))
         except OSError as exc:
             raise UsageError(f"cannot read {manifest_file}: {exc.strerror}") from None
-    if not labels or not size:
+        return found.with_changes(accepts=dict(given.accepts)) if given.accepts else found
+    if not given.labels or not given.size:
         raise UsageError("a PyTorch model needs --manifest, or --labels and --size (plus --mean/--std/--channels as trained)")
-    w, h = _size(size)
-    if positive is not None and threshold is None:
-        threshold = 0.5
-    data = {
-        "schema_version": manifest_mod.SCHEMA_VERSION,
-        "labels": labels.split(","),
-        "input": {"layout": "NCHW", "height": h, "width": w, "channels": channels or 3},
-        "preprocess": {"resize": resize or "stretch", "scale": 1 / 255 if scale is None else scale,
-                       "mean": list(_floats(mean, "--mean") or (0.0,)), "std": list(_floats(std, "--std") or (1.0,))},
-        "output": {"activation": activation or "softmax"},
-        "positive_label": positive,
-        "threshold": threshold,
-    }
-    try:
-        return manifest_mod.from_dict(data, "command-line options")
-    except Exception as exc:  # ModelError naming each bad field: the user's options
-        raise UsageError(str(exc).replace("invalid manifest in command-line options: ", "")) from None
-
-
+    if given.layout not in (None, "NCHW"):
+        raise UsageError("PyTorch models take NCHW input")
+    w, h = given.size
+    return build_manifest(given, framework="torch", height=h, width=w, channels=given.channels or 3, layout="NCHW",
+                          activation=given.activation or "softmax")

@@ -24,7 +24,6 @@ import hashlib
 import inspect
 import logging
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -40,6 +39,8 @@ from edgedx.evaluate import Gate, GateFailed
 from edgedx.manifest import Manifest
 from export.options import Method, Target
 from export.to_onnx import Tolerance, compare, load_images, require, save_with_manifest
+
+from export.quiet import quiet
 
 log = logging.getLogger("edgedx")
 
@@ -176,7 +177,8 @@ def quantize(
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="edgedx-quant-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(onnx_in), str(prepared))
+        with quiet():
+            quant_pre_process(str(onnx_in), str(prepared))
         model = onnx.load(str(prepared))
         excluded = _resolve_exclude(model, options.exclude)
         reader = calibration_reader_class()(files, manifest.preprocess, model.graph.input[0].name, options.batch_size)
@@ -191,7 +193,7 @@ def quantize(
                 log.warning("this onnxruntime has no calibration cache (quantize_static(calibration_cache_path=...)); calibrating on every run")
         hit = cache_path is not None and cache_path.is_file()
         raw_out = Path(tmp) / "quantized.onnx"
-        with contextlib.redirect_stdout(sys.stderr), _calibration_errors(reader):  # the calibrators print progress
+        with quiet(), _calibration_errors(reader):  # the calibrators print progress (shown with -v)
             q.quantize_static(
                 str(prepared),
                 str(raw_out),
@@ -362,7 +364,7 @@ def _manifest_of(path: Path) -> Manifest:
         raise ModelError(f"model not found: {path}")
     found = manifest_mod.load(path)
     if found is None:
-        raise ModelError(f"{path} carries no edgedx manifest: export it with `edgedx export onnx` first")
+        raise ModelError(f"{path} carries no edgedx manifest: export it with `edgedx export onnx {path.name} --labels ... -o OUT.onnx` first (it takes an existing ONNX too)")
     return found
 
 
