@@ -48,7 +48,7 @@ def onnx_command(
     manifest_file: Optional[Path] = typer.Option(None, "--manifest", help="PyTorch: a JSON manifest (labels, input, preprocess, output, threshold) instead of the options below."),
     labels: Optional[str] = typer.Option(None, help="Comma-separated labels in the model's output order."),
     positive: Optional[str] = typer.Option(None, "--positive", help="Binary models: the label screened for."),
-    threshold: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Binary models: operating threshold on the positive label's probability."),
+    threshold: Optional[str] = typer.Option(None, help="Binary models: operating threshold on the positive label's probability (a number or fraction in 0..1)."),
     size: Optional[str] = typer.Option(None, help="Input size W or WxH (ONNX and Keras: from the model; PyTorch: required without --manifest)."),
     channels: Optional[int] = typer.Option(None, help="1 (gray) or 3 (RGB); ONNX and Keras: from the model, else 3."),
     layout: Optional[str] = typer.Option(None, help="ONNX: NCHW or NHWC when the input shape does not tell."),
@@ -80,8 +80,9 @@ def onnx_command(
     quiet.set_verbose(verbose)
     tol = to_onnx.Tolerance(atol, min_agreement)
     files = _pick(_expand(images), num_images) if images else None
+    threshold_value = _probability(threshold, "--threshold")
     given = contract.Given(
-        labels=tuple(labels.split(",")) if labels else None, positive_label=positive, threshold=threshold,
+        labels=tuple(labels.split(",")) if labels else None, positive_label=positive, threshold=threshold_value,
         size=_size(size) if size else None, channels=channels, layout=layout.upper() if layout else None,
         scale=contract.number(scale, "--scale") if scale is not None else None,
         mean=contract.numbers(mean, "--mean"), std=contract.numbers(std, "--std"), resize=resize,
@@ -98,7 +99,7 @@ def onnx_command(
     elif suffix in (".keras", ".h5", ".hdf5"):
         if not labels:
             raise UsageError("Keras models need --labels (in output order: flow_from_directory sorts the class folders)")
-        result = from_keras.export_keras(model, output, list(given.labels or ()), positive_label=positive, threshold=threshold, given=given,
+        result = from_keras.export_keras(model, output, list(given.labels or ()), positive_label=positive, threshold=threshold_value, given=given,
                                          images=files, opset=opset, simplify=simplify, tolerance=tol)
     else:
         manifest = _torch_manifest(manifest_file, given)
@@ -221,6 +222,87 @@ def verify_command(
         print(_verify_text(report))
 
 
+@app.command("calibrate")
+def calibrate_command(
+    model: Path = typer.Argument(..., help="The edgedx ONNX model (with its manifest)."),
+    data: Path = typer.Argument(..., help="Held-out labelled data: class folders or a .npz (not the test set you report)."),
+    output: Path = typer.Option(..., "--out", "-o", help="The calibrated ONNX file to write (the graph is unchanged)."),
+    target_sensitivity: Optional[float] = typer.Option(None, "--target-sensitivity", min=0.0, max=1.0,
+                                                       help="Binary models: the highest threshold whose sensitivity is >= this with 95% confidence."),
+    positive: Optional[str] = typer.Option(None, "--positive", help="Binary models: the label screened for (default: the manifest's)."),
+    method: Optional[str] = typer.Option(None, "--method", help="platt (binary default) or temperature (default for more classes)."),
+    split: Optional[str] = SplitOpt,
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Use at most N images (evenly spread)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    as_json: bool = JsonOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Calibrate a model's probabilities (Platt or temperature) and pick its operating threshold; reports calibration error before and after."""
+    from export import quiet
+    from export.calibrate import calibrate
+
+    log_to_stderr()
+    quiet.set_verbose(verbose)
+    if method not in (None, "platt", "temperature"):
+        raise UsageError(f"--method must be platt or temperature, got {method!r}")
+    result = calibrate(model, data, output, target_sensitivity=target_sensitivity, positive=positive, method=method,
+                       split=split, limit=limit, batch_size=batch_size)
+    if as_json:
+        _print_json(result)
+        return
+    cal, before, after = result["calibration"], result["before"], result["after"]
+    fit = f"a={cal['a']:.4f} b={cal['b']:.4f}" if cal["method"] == "platt" else f"T={cal['temperature']:.4f}"
+    print(f"wrote        {result['output']}")
+    print(f"calibration  {cal['method']} {fit} on {result['n']} images of {result['data']}")
+    for key in ("ece", "brier", "log_loss"):
+        print(f"{key:12} {before[key]:.4f} -> {after[key]:.4f}")
+    if result["threshold"] is not None:
+        at = result["at_threshold"]
+        print(f"threshold    {result['positive_label']} when p >= {result['threshold']:.4f} ({result['threshold_rule']})")
+        for key in ("sensitivity", "specificity"):
+            ci = at.get(f"{key}_ci")
+            print(f"{key:12} {_num(at.get(key))}" + (f"  95% CI [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "") + "  (on the calibration data)")
+
+
+@app.command("manifest")
+def manifest_command(
+    model: Path = typer.Argument(..., help="The edgedx ONNX model whose manifest to change (it is not modified)."),
+    output: Path = typer.Option(..., "--out", "-o", help="The copy to write, with the new manifest."),
+    labels: Optional[str] = typer.Option(None, help="Comma-separated labels (same count, output order)."),
+    positive: Optional[str] = typer.Option(None, "--positive", help="Binary models: the label screened for."),
+    threshold: Optional[str] = typer.Option(None, help="Binary models: the operating threshold (a number or fraction in 0..1)."),
+    accepts: Optional[str] = typer.Option(None, "--accepts", help='What inputs the model is for, as JSON (\'{}\' clears it).'),
+    mean: Optional[str] = typer.Option(None, help="Per-channel mean after scale."),
+    std: Optional[str] = typer.Option(None, help="Per-channel std."),
+    scale: Optional[str] = typer.Option(None, help="Pixel scale before mean/std, e.g. 1/255."),
+    resize: Optional[str] = typer.Option(None, help="stretch, letterbox or center_crop."),
+    interpolation: Optional[str] = typer.Option(None, help="nearest, linear, area or cubic."),
+    antialias: Optional[bool] = typer.Option(None, "--antialias/--no-antialias", help="linear/cubic: antialiased (PIL, torchvision)."),
+    activation: Optional[str] = typer.Option(None, help="softmax, sigmoid or none."),
+    no_calibration: bool = typer.Option(False, "--no-calibration", help="Remove the calibration."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Change a model's manifest in a copy: labels, threshold, accepts, preprocessing; validated before it is written."""
+    from export import contract
+    from export.edit import edit_manifest
+
+    log_to_stderr()
+    changes = {
+        "labels": tuple(labels.split(",")) if labels else None, "positive_label": positive, "threshold": _probability(threshold, "--threshold"),
+        "accepts": contract.parse_accepts(accepts) if accepts is not None else None,
+        "mean": contract.numbers(mean, "--mean"), "std": contract.numbers(std, "--std"),
+        "scale": contract.number(scale, "--scale") if scale is not None else None, "resize": resize,
+        "interpolation": interpolation, "antialias": antialias, "activation": activation,
+        "calibration": {} if no_calibration else None,
+    }
+    result = edit_manifest(model, output, changes)
+    if as_json:
+        _print_json(result)
+        return
+    print(f"wrote      {result['output']} (changed: {', '.join(result['changed'])})")
+    print(json.dumps(result["manifest"], indent=2))
+
+
 def eval_command(
     model: Path = typer.Argument(..., help="ONNX model or TensorRT engine."),
     data: Path = typer.Argument(..., help="Labelled data: a folder with one subfolder per label, or a MedMNIST-style .npz."),
@@ -230,15 +312,24 @@ def eval_command(
     threshold: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Operating threshold for binary models (default: the manifest's)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Use at most N images (evenly spread)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw ROC (with the operating point), confusion matrix and reliability diagram into FILE.png (needs matplotlib)."),
 ) -> None:
-    """Evaluate a model on labelled data: accuracy, AUC, sensitivity, specificity, F1, confusion matrix."""
+    """Evaluate a model on labelled data: metrics with 95% intervals, Brier score, calibration error, ROC, confusion matrix."""
     from edgedx import evaluate
     from edgedx.api import Classifier
 
     log_to_stderr()
+    if plot is not None:
+        from export.to_onnx import require
+
+        require("matplotlib", "pip install matplotlib (or 'edgedx[export]') for --plot")  # before the long run, not after
     with Classifier(model, backend.value, threshold=threshold, batch_size=batch_size) as clf:
         dataset = evaluate.load_dataset(data, clf.manifest.labels, split).limit(limit)
         report = evaluate.evaluate(clf, dataset, threshold, batch_size)
+    if plot is not None:
+        from export.plots import plot_report
+
+        report["plot"] = str(plot_report(report, plot))
     if as_json:
         _print_json(report)
         return
@@ -247,11 +338,14 @@ def eval_command(
           + (f"  skipped={report['skipped']}" if report["skipped"] else ""))
     if report["threshold"] is not None:
         print(f"decision     {report['positive_label']} when p >= {report['threshold']:.4f}")
-    keys = ("accuracy", "auc", "sensitivity", "specificity", "f1", "macro_recall")
+    keys = ("accuracy", "auc", "sensitivity", "specificity", "ppv", "npv", "f1", "macro_recall", "brier", "ece")
     for key in keys:
         if key in report:
-            print(f"{key:12} {_num(report[key])}")
+            ci = report.get(f"{key}_ci")
+            print(f"{key:12} {_num(report[key])}" + (f"  95% CI [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""))
     print(_confusion_text(report["labels"], report["confusion"]))
+    if "plot" in report:
+        print(f"plot         {report['plot']}")
 
 
 # -- rendering and option helpers -----------------------------------------------------------------
@@ -272,6 +366,13 @@ def _verify_text(r: dict[str, Any]) -> str:
         if ref.get(key) is not None or cand.get(key) is not None:
             d = r["delta"].get(key)
             lines.append(f"{key:11} {_num(ref.get(key)):>10} {_num(cand.get(key)):>10} {'' if d is None else f'{d:+.4f}':>9}")
+    for item in r.get("flipped", []):
+        lines.append(f"flipped    {item['file']}  (truth {item['truth']}): {_val(item['reference'])} -> {_val(item['candidate'])}")
+    near = r.get("near_threshold")
+    if near and near["count"]:
+        lines.append(f"near       {near['count']} more within {near['margin']} of the threshold (next to flip):")
+        for item in near["files"][:10]:
+            lines.append(f"           {item['file']}  (truth {item['truth']}): {_val(item['reference'])} / {_val(item['candidate'])}")
     g = r["gate"]
     lines.append("gate       PASSED" if g["passed"] else "gate       FAILED: " + "; ".join(g["failures"]))
     return "\n".join(lines)
@@ -293,6 +394,22 @@ def _confusion_text(labels: list[str], confusion: list[list[int]]) -> str:
     head = "confusion    " + "true \\ pred".ljust(width) + "".join(x.rjust(width) for x in labels)
     rows = ["             " + label.ljust(width) + "".join(str(v).rjust(width) for v in row) for label, row in zip(labels, confusion)]
     return "\n".join([head, *rows])
+
+
+def _probability(text: Optional[str], what: str) -> Optional[float]:
+    """A number or fraction in 0..1, or None."""
+    if text is None:
+        return None
+    from export.contract import number
+
+    value = number(text, what)
+    if not 0.0 <= value <= 1.0:
+        raise UsageError(f"{what} must be in 0..1, got {text}")
+    return value
+
+
+def _val(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def _num(value: Any) -> str:
