@@ -98,22 +98,20 @@ def load_torch_source(source: Any, architecture: str | None = None, arch_kwargs:
     except (RuntimeError, ValueError, OSError, zipfile.BadZipFile) as exc:
         raise ModelError(f"cannot load {path} (state dict, TorchScript or .pt2 ExportedProgram): {first_line(exc)}") from None
     except Exception as exc:  # weights_only refuses pickled code with UnpicklingError
-        raise ModelError(f"cannot load {path} with weights_only=True ({type(exc).__name__}); "
-                         "save a state dict (model.state_dict()), TorchScript or torch.export archive") from None
+        raise ModelError(f"{path.name} holds pickled Python objects (a whole model saved with torch.save(model)?), which edgedx does not "
+                         f"unpickle (torch.load weights_only=True refused it: {type(exc).__name__}). In Python, where the class is importable: "
+                         "torch.save(model.state_dict(), 'weights.pt'), then `edgedx export onnx weights.pt --arch path/to/file.py:ClassName`") from None
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
             state = state[key]
     if not isinstance(state, Mapping):
         raise ModelError(f"{path} holds a {type(state).__name__}, not a state dict")
-    from export.models import ARCHITECTURES
+    from export import arch
 
-    if architecture not in ARCHITECTURES:
-        raise UsageError(f"{path.name} is a state dict: name its architecture (--arch), one of {sorted(ARCHITECTURES)}")
-    module = ARCHITECTURES[architecture](**dict(arch_kwargs or {}))
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ModelError(f"{path.name} does not fit {architecture}({dict(arch_kwargs or {})}): {first_line(exc)}") from None
+    if architecture is None:
+        raise UsageError(f"{path.name} is a state dict (weights only): name its architecture, the class to load it into, with --arch: "
+                         + arch.ARCH_HELP.format(names=", ".join(arch.names())))
+    module = arch.build(architecture, state, arch_kwargs)
     return module, "state_dict"
 
 
