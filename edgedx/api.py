@@ -105,6 +105,9 @@ class Classifier:
         decode_options: DICOM window override, all frames, pixel limit.
         session_options: backend options (threads, CUDA graphs, ...).
         overrides: what to assume for a model that carries no manifest.
+        float_range: the value range of float numpy frames (default 0..255, the display range
+            uint8 images have); ``(0, 1)`` for frames scaled to 0..1, which are then mapped onto
+            0..255 before the input gate and the model's own preprocessing.
     """
 
     def __init__(
@@ -120,7 +123,10 @@ class Classifier:
         decode_options: decode.DecodeOptions | None = None,
         session_options: SessionOptions | None = None,
         overrides: ManifestOverrides | None = None,
+        float_range: tuple[float, float] = (0.0, 255.0),
     ) -> None:
+        self.float_range = (float(float_range[0]), float(float_range[1]))
+        preprocess.from_float_range(np.zeros(1, np.float32), self.float_range)  # validates the range
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise UsageError(f"threshold must be in [0, 1], got {threshold}")
         if batch_size < 1:
@@ -372,7 +378,7 @@ class Classifier:
         """(item, image, SourceInfo) per frame; an item with ``error`` set when decoding failed."""
         if isinstance(source, np.ndarray):
             sha = hashlib.sha256(np.ascontiguousarray(source).tobytes()).hexdigest() if self._audit else None
-            yield _Item(index, None, sha256=sha), source, None
+            yield _Item(index, None, sha256=sha), _float_frame(source, self.float_range), None
             return
         path = str(source)
         sha = None
@@ -413,6 +419,16 @@ class Classifier:
         if item.rejected is not None:
             return Result(status="rejected", reason=str(item.rejected), **common)
         return Result(label=pred.label, score=pred.score, scores=pred.scores, threshold=pred.threshold, positive=pred.positive, **common)
+
+
+def _float_frame(frame: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
+    """A float frame in the stated range, in the 0..255 pixel domain; warns about 0..1 frames read as 0..255."""
+    if frame.dtype in (np.float32, np.float64) and frame.size:
+        if value_range == (0.0, 255.0) and float(np.nanmax(frame)) <= 1.0 and float(np.nanmin(frame)) >= 0.0:
+            log.warning("a float frame with values in 0..1 is read in the 0..255 display range (nearly black); "
+                        "pass Classifier(..., float_range=(0, 1)) for frames scaled to 0..1")
+        return preprocess.from_float_range(frame, value_range)
+    return frame
 
 
 def _check_input(m: Manifest, session: Session) -> None:

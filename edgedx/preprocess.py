@@ -208,6 +208,23 @@ def normalize(pixels: np.ndarray, spec: PreprocessSpec, out: np.ndarray | None =
     return out
 
 
+def from_float_range(image: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
+    """A float frame whose values span ``value_range`` (e.g. (0, 1)) -> float32 in the 0..255 pixel domain.
+
+    Values outside the range are clipped. Integer frames pass through unchanged.
+
+    Raises:
+        InputError: the range is empty or not finite.
+    """
+    low, high = (float(v) for v in value_range)
+    if not (math.isfinite(low) and math.isfinite(high) and high > low):
+        raise InputError(f"float range must be two finite numbers, low < high, got {value_range!r}")
+    if image.dtype not in (np.float32, np.float64) or (low, high) == (0.0, 255.0):
+        return image
+    out = (np.asarray(image, np.float32) - np.float32(low)) * np.float32(255.0 / (high - low))
+    return np.clip(out, 0.0, 255.0, out=out)
+
+
 def apply_batch(images: list[np.ndarray], spec: PreprocessSpec, out: np.ndarray | None = None) -> np.ndarray:
     """Preprocess several images into the first ``len(images)`` rows of ``out``."""
     if out is None:
