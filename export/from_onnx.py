@@ -74,6 +74,7 @@ def import_onnx(
     dims = _dims(image_input)
     layout, channels, height, width = _geometry(dims, given, path)
     out_value = _single_output(model, path)
+    _check_width(model, given, path)
     source_bytes = model.SerializeToString()
 
     activation, stripped = given.activation, None
@@ -216,6 +217,16 @@ def _single_output(model: Any, path: Path) -> str:
         raise ModelError(f"{path.name} has {len(outputs)} outputs {[o.name for o in outputs]}; edgedx scores a graph with one "
                          "(N, classes) output: remove the others (onnx.utils.extract_model)")
     return outputs[0].name
+
+
+def _check_width(model: Any, given: Given, path: Path) -> None:
+    """A static class axis must fit the labels (one sigmoid unit scores two), before anything else is said."""
+    dims = _dims(model.graph.output[0]) if model.graph.output[0].type.tensor_type.HasField("shape") else []
+    width = dims[-1] if dims else None
+    n = len(given.labels or ())
+    if width is None or not n or width == n or (width == 1 and n == 2):
+        return
+    raise ModelError(f"{path.name} outputs {width} values but {n} labels were given: {list(given.labels or ())}")
 
 
 def _strip_final_activation(model: Any) -> str | None:
