@@ -23,7 +23,7 @@ import numpy as np
 
 METHODS = ("platt", "temperature")
 #: Bounds on the fitted slope (Platt) and temperature: a small or separable set cannot run off.
-SLOPE_RANGE = (0.05, 20.0)
+SLOPE_RANGE = (0.001, 20.0)
 TEMPERATURE_RANGE = (0.05, 20.0)
 
 
@@ -104,7 +104,16 @@ def fit_platt(margin: np.ndarray, positive: np.ndarray, prior: float = 1.0) -> t
         w = w - t * step
         if np.abs(t * step).max() < 1e-10:
             break
-    return float(np.clip(w[0], *SLOPE_RANGE)), float(w[1])
+    a = float(np.clip(w[0], *SLOPE_RANGE))
+    b = float(w[1])
+    if a != w[0]:  # clipped: refit the intercept for the slope kept
+        for _ in range(50):
+            p = sigmoid(a * x[:, 0] + b)
+            step = (np.sum(p - y) + prior * b) / (np.sum(p * (1 - p)) + prior)
+            b -= step
+            if abs(step) < 1e-12:
+                break
+    return a, float(b)
 
 
 def fit_temperature(logp: np.ndarray, targets: np.ndarray) -> float:

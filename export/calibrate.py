@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from edgedx import calibration, evaluate, metrics
+from edgedx import calibration, evaluate, metrics, postprocess
 from edgedx.errors import ModelError, UsageError
+from edgedx.manifest import Activation
 from export.contract import refuse_same_file, staged
 from export.to_onnx import require, save_with_manifest
 
@@ -89,21 +90,24 @@ def calibrate(
     if target_sensitivity is not None and pos is None:
         raise UsageError("--target-sensitivity needs a binary model with a positive label (--positive)")
 
+    uncalibrated = found.with_changes(calibration={})
     with Classifier(model, "onnxruntime", batch_size=batch_size) as clf:
-        clf.manifest = found.with_changes(calibration={})  # fit from scratch on the model's own outputs
+        # The raw outputs (activation none), so the fit sees the logits at full precision, as postprocess does.
+        clf.manifest = uncalibrated.with_changes(activation=Activation.NONE)
         dataset = evaluate.load_dataset(data, labels, split).limit(limit)
-        (probs,), targets, skipped = evaluate.score([clf], dataset, batch_size)
+        (raw,), targets, skipped = evaluate.score([clf], dataset, batch_size)
     present = np.bincount(targets, minlength=len(labels))
     if (present == 0).any():
         raise UsageError(f"{dataset.source} has no images of {[labels[i] for i in np.flatnonzero(present == 0)]}; calibration needs every class")
-    logp = np.log(np.clip(probs, 1e-300, None))
+    probs = postprocess.probabilities(raw, uncalibrated)
+    logp = calibration.log_probabilities(raw, probs, found.activation.value, pos)
     if method == "platt":
         a, b = calibration.fit_platt(logp[:, pos] - logp[:, 1 - pos], targets == pos)
         section: dict[str, Any] = {"method": "platt", "a": a, "b": b}
     else:
         section = {"method": "temperature", "temperature": calibration.fit_temperature(logp, targets)}
     calibrated = calibration.apply(section, logp, pos)
-    before, after = _errors(targets, probs, pos), _errors(targets, calibrated, pos)
+    before, after = _errors(targets, probs, logp, pos), _errors(targets, calibrated, np.log(np.clip(calibrated, 1e-300, None)), pos)
     section.update(n=int(len(targets)), fitted_on=Path(dataset.source).name + (f"[{dataset.split}]" if dataset.split else ""),
                    ece_before=before["ece"], ece_after=after["ece"], date=time.strftime("%Y-%m-%d"))
 
@@ -143,10 +147,9 @@ def calibrate(
     }
 
 
-def _errors(targets: np.ndarray, probs: np.ndarray, pos: int | None) -> dict[str, float]:
-    p_true = np.clip(probs[np.arange(len(targets)), targets], 1e-15, None)
+def _errors(targets: np.ndarray, probs: np.ndarray, logp: np.ndarray, pos: int | None) -> dict[str, float]:
     return {"ece": metrics.reliability(targets, probs, pos)["ece"], "brier": metrics.brier(targets, probs, pos),
-            "log_loss": float(-np.log(p_true).mean())}
+            "log_loss": float(-logp[np.arange(len(targets)), targets].mean())}
 
 
 def _mapped_threshold(section: dict[str, Any], old: float) -> float:

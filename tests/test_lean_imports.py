@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-HEAVY = ("torch", "tensorflow", "keras", "tensorrt", "tensorrt_lean", "cuda", "pycuda", "onnxruntime", "pydicom", "onnx")
+HEAVY = ("torch", "tensorflow", "keras", "tensorrt", "tensorrt_lean", "cuda", "pycuda", "onnxruntime", "pydicom", "onnx", "matplotlib")
 
 
 def loaded_after(statement: str) -> set[str]:
@@ -27,3 +27,8 @@ def test_api_import_loads_no_gpu_or_training_stack():
 def test_help_runs_without_loading_backends():
     r = subprocess.run([sys.executable, "-m", "edgedx", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "classify" in r.stdout
+
+
+def test_calibration_and_interval_metrics_are_numpy_only():
+    mods = loaded_after("import edgedx.calibration, edgedx.postprocess, edgedx.metrics, edgedx.evaluate")
+    assert not mods & set(HEAVY), mods & set(HEAVY)
