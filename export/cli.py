@@ -313,17 +313,24 @@ def eval_command(
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Use at most N images (evenly spread)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw ROC (with the operating point), confusion matrix and reliability diagram into FILE.png (needs matplotlib)."),
+    labels: Optional[str] = typer.Option(None, help="A model without a manifest: its labels in output order (the rest is assumed, with a warning; `export onnx` attaches a manifest for good)."),
 ) -> None:
     """Evaluate a model on labelled data: metrics with 95% intervals, Brier score, calibration error, ROC, confusion matrix."""
     from edgedx import evaluate
-    from edgedx.api import Classifier
+    from edgedx import manifest as manifest_mod
+    from edgedx.api import Classifier, ManifestOverrides
 
     log_to_stderr()
     if plot is not None:
         from export.to_onnx import require
 
         require("matplotlib", "pip install matplotlib (or 'edgedx[export]') for --plot")  # before the long run, not after
-    with Classifier(model, backend.value, threshold=threshold, batch_size=batch_size) as clf:
+    overrides = None
+    if labels is not None:
+        if model.is_file() and manifest_mod.load(model) is not None:
+            raise UsageError(f"{model.name} carries a manifest with its labels; change them in a copy with `edgedx export manifest`")
+        overrides = ManifestOverrides(labels=labels.split(","))
+    with Classifier(model, backend.value, threshold=threshold, batch_size=batch_size, overrides=overrides) as clf:
         dataset = evaluate.load_dataset(data, clf.manifest.labels, split).limit(limit)
         report = evaluate.evaluate(clf, dataset, threshold, batch_size)
     if plot is not None:

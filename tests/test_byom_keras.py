@@ -78,3 +78,20 @@ def test_keras_model_comes_in_calibrated_and_matches_keras(keras, tmp_path: Path
     expected = platt(np.log(source) - np.log1p(-source), cal["calibration"])
     got = classify_scores(capsys, calibrated, held_out, "PNEUMONIA")
     assert np.abs(got - expected).max() <= 2e-3 and np.ptp(source) > 0.05  # the source answers differ per image
+
+
+def test_a_normalization_layer_is_detected_too(keras, tmp_path: Path, capsys):
+    from keras import layers
+
+    model = keras.Sequential([
+        keras.Input((SIZE, SIZE, 3)), layers.Normalization(mean=[120.0, 120.0, 120.0], variance=[3600.0, 3600.0, 3600.0]),
+        layers.Conv2D(4, 3, activation="relu"), layers.GlobalAveragePooling2D(), layers.Dense(2, activation="softmax"),
+    ])
+    model.save(tmp_path / "norm.keras")
+    rc, _, err = edgedx(capsys, "export", "onnx", tmp_path / "norm.keras", "-o", tmp_path / "x.onnx", "--labels", "a,b",
+                        "--mean", "0.5", "--std", "0.25")
+    assert rc == 2 and "Normalization(mean=[120" in err and "--mean/--std on top would scale twice" in err
+    ok = edgedx_json(capsys, "export", "onnx", tmp_path / "norm.keras", "-o", tmp_path / "n.onnx", "--labels", "a,b",
+                     "--interpolation", "linear")
+    pre = ok["manifest"]["preprocess"]
+    assert (pre["scale"], pre["mean"], pre["interpolation"], pre["antialias"]) == (1.0, [0.0], "linear", False)

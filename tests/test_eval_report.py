@@ -102,3 +102,12 @@ def test_calibrate_npz_and_edit_the_manifest_in_a_copy(tmp_path: Path, capsys):
         code, _, err = edgedx(capsys, "export", "manifest", edited, "-o", tmp_path / "bad.onnx", *args)
         assert code == 2 and message in err, (args, err)
         assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_eval_takes_labels_for_a_model_without_a_manifest(tmp_path: Path, capsys):
+    data = need(PMNIST)
+    bare = tiny_cnn(tmp_path / "bare.onnx", size=28)
+    r = edgedx_json(capsys, "eval", bare, data, "--split", "val", "--limit", "40", "--labels", "normal,pneumonia")
+    assert r["labels"] == ["normal", "pneumonia"] and r["n"] == 40
+    code, _, err = edgedx(capsys, "eval", _model(tmp_path), data, "--split", "val", "--labels", "a,b")
+    assert code == 2 and "export manifest" in err
