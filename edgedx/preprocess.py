@@ -304,10 +304,11 @@ _FILTERS = {"linear": (_triangle, 1.0), "cubic": (_keys_cubic, 2.0)}
 
 
 @lru_cache(maxsize=64)
-def _taps(size_in: int, size_out: int, kind: str) -> np.ndarray:
-    """PIL's resampling weights for one axis as a dense (out, in) float32 matrix (BLAS does the rest).
+def _taps(size_in: int, size_out: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """PIL's resampling taps for one axis: source indices and weights, both (K, out), K taps a pixel.
 
-    The filter is widened by the shrink factor (antialiasing); centres are pixel centres.
+    The filter is widened by the shrink factor (antialiasing); centres are pixel centres. Taps past
+    a pixel's support have weight 0.
     """
     fn, support = _FILTERS[kind]
     scale = size_in / size_out
@@ -316,27 +317,58 @@ def _taps(size_in: int, size_out: int, kind: str) -> np.ndarray:
     centre = (np.arange(size_out) + 0.5) * scale
     first = np.maximum((centre - reach + 0.5).astype(np.int64), 0)
     last = np.minimum((centre + reach + 0.5).astype(np.int64), size_in)
-    index = np.arange(size_in)[None, :]
-    weight = fn((index - centre[:, None] + 0.5) / fscale)
-    weight[(index < first[:, None]) | (index >= last[:, None])] = 0.0
-    weight /= weight.sum(1, keepdims=True)
-    return weight.astype(np.float32)
+    k = int((last - first).max())
+    index = first[None, :] + np.arange(k)[:, None]
+    weight = fn((index - centre[None, :] + 0.5) / fscale)
+    weight[index >= last[None, :]] = 0.0
+    weight /= weight.sum(0, keepdims=True)
+    return np.minimum(index, size_in - 1), weight.astype(np.float32)
+
+
+#: Above this many source pixels along an axis, a dense weight matrix (BLAS) beats tap-by-tap gathers.
+_DENSE_FROM = 512
+
+
+@lru_cache(maxsize=32)
+def _dense(size_in: int, size_out: int, kind: str) -> np.ndarray:
+    """The taps of :func:`_taps` as a dense (out, in) matrix."""
+    index, weight = _taps(size_in, size_out, kind)
+    out = np.zeros((size_out, size_in), np.float32)
+    cols = np.broadcast_to(np.arange(size_out), index.shape)
+    np.add.at(out, (cols.ravel(), index.ravel()), weight.ravel())
+    return out
+
+
+def _pass(src: np.ndarray, size_out: int, kind: str, axis: int) -> np.ndarray:
+    """One separable pass along ``axis`` (1: columns, 0: rows)."""
+    size_in = src.shape[axis]
+    if size_in > _DENSE_FROM:
+        matrix = _dense(size_in, size_out, kind)
+        if axis == 0:
+            return np.tensordot(matrix, src, axes=(1, 0))
+        return np.moveaxis(np.tensordot(src, matrix, axes=(1, 1)), -1, 1)
+    index, weight = _taps(size_in, size_out, kind)
+    out = None  # one tap at a time: no K-fold temporaries
+    for idx, w in zip(index, weight):
+        if axis == 1:
+            term = src[:, idx] * (w if src.ndim == 2 else w[:, None])
+        else:
+            term = src[idx] * (w[:, None] if src.ndim == 2 else w[:, None, None])
+        if out is None:
+            out = term
+        else:
+            out += term
+    return out
 
 
 def _resample(img: np.ndarray, width: int, height: int, kind: str) -> np.ndarray:
     """Antialiased separable resampling (PIL's algorithm: horizontal pass first, integer images
     rounded and clipped after each pass); keeps the dtype."""
-    wx = _taps(img.shape[1], width, kind)
-    wy = _taps(img.shape[0], height, kind)
     top = None if img.dtype == np.float32 else float(np.iinfo(img.dtype).max)
-    planes = [img] if img.ndim == 2 else [img[:, :, c] for c in range(img.shape[2])]
-    out = []
-    for plane in planes:
-        rows = plane.astype(np.float32) @ wx.T
-        if top is not None:
-            rows = np.clip(np.rint(rows), 0, top)
-        out.append(wy @ rows)
-    res = out[0] if img.ndim == 2 else np.stack(out, axis=2)
+    rows = _pass(img.astype(np.float32, copy=False), width, kind, axis=1)
+    if top is not None:
+        rows = np.clip(np.rint(rows, out=rows), 0, top, out=rows)
+    res = _pass(rows, height, kind, axis=0)
     if top is None:
         return res
-    return np.clip(np.rint(res), 0, top).astype(img.dtype)
+    return np.clip(np.rint(res, out=res), 0, top, out=res).astype(img.dtype)
