@@ -234,24 +234,18 @@ def operating_threshold(classifier: Classifier, override: float | None = None) -
     return 0.5
 
 
-def evaluate(classifier: Classifier, dataset: Dataset, threshold: float | None = None, batch_size: int = 32,
-             keep_scores: bool = False) -> dict[str, Any]:
+def evaluate(classifier: Classifier, dataset: Dataset, threshold: float | None = None, batch_size: int = 32) -> dict[str, Any]:
     """Metrics at the operating threshold with 95% intervals, calibration error and the ROC points.
 
     Accuracy, AUC, sensitivity, specificity, PPV, NPV, F1 and the confusion matrix; ``<metric>_ci``
     holds ``[low, high]`` (Wilson for proportions, DeLong for a binary AUC, bootstrap for a macro
     AUC); ``brier``, ``ece`` with its ``reliability`` bins, and ``roc`` (binary models).
-
-    Args:
-        keep_scores: also return the scores and targets (``scores``, ``targets``; for plots).
     """
     t = operating_threshold(classifier, threshold)
     (probs,), targets, skipped = score([classifier], dataset, batch_size)
     m = classifier.manifest
     report = metrics.summarize(targets, probs, m.positive_index, t)
     report.update(metrics.uncertainty(targets, probs, m.positive_index, report["confusion"]))
-    if keep_scores:
-        report.update(scores=probs, targets=targets)
     return {
         "model": str(classifier.model_path),
         "backend": classifier.backend,

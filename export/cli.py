@@ -455,15 +455,6 @@ def _pick(files: list[Path], n: int) -> list[Path]:
     return select_images(files, n)
 
 
-def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(float(x) for x in text.split(","))
-    except ValueError:
-        raise UsageError(f"{what} must be comma-separated numbers, got {text!r}") from None
-
-
 def _size(text: str) -> tuple[int, int]:
     try:
         parts = [int(x) for x in text.lower().split("x")]

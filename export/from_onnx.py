@@ -75,12 +75,19 @@ def import_onnx(
     layout, channels, height, width = _geometry(dims, given, path)
     out_value = _single_output(model, path)
     _check_width(model, given, path)
+    fixed = _fixed_batch(dims)
+    if fixed is not None and fixed != 1:
+        raise ModelError(f"{path.name} has a batch axis fixed at {fixed}; export it with batch 1 or a dynamic batch")
     source_bytes = model.SerializeToString()
 
-    activation, stripped = given.activation, None
-    if activation is None:
+    # A final Softmax/Sigmoid leaves the graph (the manifest applies it) unless --activation says otherwise.
+    final = _final_activation(model)
+    stripped = None
+    if final is not None and given.activation in (None, final):
         stripped = _strip_final_activation(model)
-        activation = stripped or "logits"
+    elif final is not None and given.activation != "none":
+        log.warning("%s ends in %s and --activation %s applies on top of it", path.name, final.capitalize(), given.activation)
+    activation = stripped or given.activation or "logits"
     given = replace(given, provenance={"source_model": path.name, **dict(given.provenance)})
     manifest = build_manifest(given, framework="onnx", height=height, width=width, channels=channels, layout=layout,
                               activation="softmax" if activation == "logits" else activation)
@@ -90,15 +97,16 @@ def import_onnx(
         log.warning("%s ends in %s: moved into the manifest, so the graph outputs logits", path.name, stripped.capitalize())
     spec = manifest.preprocess
     decoded = load_images(images, spec)
-    raw_source = _run(source_bytes, preprocess.apply_batch(decoded, spec), batch_one=_fixed_batch(dims) == 1)
+    try:
+        with quiet():
+            raw_source = _run(source_bytes, preprocess.apply_batch(decoded, spec), batch_one=fixed == 1)
+    except Exception as exc:  # ORT's own errors: unsupported operators, bad graphs
+        raise ModelError(f"ONNX Runtime cannot run {path.name}: {first_line(exc)}") from None
     width_out = raw_source.reshape(len(decoded), -1).shape[1]
     postprocess.check_output(manifest, width_out)
-    source_probs = _source_probabilities(raw_source, manifest, already_probabilities=stripped is not None and given.activation is None)
+    source_probs = _source_probabilities(raw_source, manifest, already_probabilities=stripped is not None)
 
     batch = "dynamic"
-    fixed = _fixed_batch(dims)
-    if fixed is not None and fixed != 1:
-        raise ModelError(f"{path.name} has a batch axis fixed at {fixed}; export it with batch 1 or a dynamic batch")
     if fixed == 1:
         batch = "static 1 (--static-batch)" if static_batch else _make_batch_dynamic(model, spec, decoded)
     info = {"from": "onnx", "source_opset": opset, "batch": batch, "external_data": folded,
@@ -229,8 +237,8 @@ def _check_width(model: Any, given: Given, path: Path) -> None:
     raise ModelError(f"{path.name} outputs {width} values but {n} labels were given: {list(given.labels or ())}")
 
 
-def _strip_final_activation(model: Any) -> str | None:
-    """Remove a final Softmax/Sigmoid over the class axis; return its activation name, or None."""
+def _final_node(model: Any) -> Any | None:
+    """The graph's final Softmax (over the class axis of a 2-D output) or Sigmoid node, or None."""
     out = model.graph.output[0]
     producer = next((n for n in model.graph.node if out.name in n.output), None)
     if producer is None or producer.op_type not in FINAL_ACTIVATIONS:
@@ -239,9 +247,23 @@ def _strip_final_activation(model: Any) -> str | None:
     axis = next((a.i for a in producer.attribute if a.name == "axis"), -1 if producer.op_type == "Softmax" else None)
     if producer.op_type == "Softmax" and not (rank == 2 and axis in (1, -1)):
         return None
-    logits = producer.input[0]
-    if logits in {i.name for i in model.graph.input} | {t.name for t in model.graph.initializer}:
+    if producer.input[0] in {i.name for i in model.graph.input} | {t.name for t in model.graph.initializer}:
         return None
+    return producer
+
+
+def _final_activation(model: Any) -> str | None:
+    node = _final_node(model)
+    return None if node is None else FINAL_ACTIVATIONS[node.op_type]
+
+
+def _strip_final_activation(model: Any) -> str | None:
+    """Remove a final Softmax/Sigmoid over the class axis; return its activation name, or None."""
+    producer = _final_node(model)
+    if producer is None:
+        return None
+    out = model.graph.output[0]
+    logits = producer.input[0]
     model.graph.node.remove(producer)
     for node in model.graph.node:  # the logits tensor takes the output's name
         for i, name in enumerate(node.output):

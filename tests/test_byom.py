@@ -118,6 +118,10 @@ def test_final_softmax_moves_into_the_manifest(tmp_path: Path, capsys, trained):
     graph = onnx.load(str(tmp_path / "out.onnx"))
     assert "Softmax" not in {n.op_type for n in graph.graph.node}
     assert manifest_mod.load(tmp_path / "out.onnx").activation.value == "softmax"
+    kept = edgedx_json(capsys, "export", "onnx", src, "-o", tmp_path / "kept.onnx", "--labels", LABELS, "--activation", "none",
+                       *_images(held_out[:2]))
+    assert kept["manifest"]["output"]["activation"] == "none" and kept["comparison"]["max_abs_error"] <= 1e-6
+    assert "Softmax" in {n.op_type for n in onnx.load(str(tmp_path / "kept.onnx")).graph.node}
 
 
 def _onnx_graph(path: Path, inputs: int = 1, outputs: int = 1, dims=("N", 3, 32, 32), width: int = 2, external: str | None = None):

@@ -111,3 +111,21 @@ def test_eval_takes_labels_for_a_model_without_a_manifest(tmp_path: Path, capsys
     assert r["labels"] == ["normal", "pneumonia"] and r["n"] == 40
     code, _, err = edgedx(capsys, "eval", _model(tmp_path), data, "--split", "val", "--labels", "a,b")
     assert code == 2 and "export manifest" in err
+
+
+def test_multiclass_calibration_is_temperature_and_keeps_decisions(tmp_path: Path, capsys):
+    data = need(DATA / "retinamnist" / "retinamnist_trainval.npz")
+    m = manifest_dict()
+    m.update(labels=["g0", "g1", "g2", "g3", "g4"], positive_label=None, threshold=None)
+    m["input"].update(width=28, height=28, channels=3)
+    model = tiny_cnn(tmp_path / "retina.onnx", size=28, channels=3, classes=5, manifest=m, seed=2)
+    cal = edgedx_json(capsys, "export", "calibrate", model, data, "--split", "val", "-o", tmp_path / "cal.onnx")
+    assert cal["calibration"]["method"] == "temperature" and cal["threshold"] is None
+    assert cal["after"]["log_loss"] <= cal["before"]["log_loss"] + 1e-9
+    before = edgedx_json(capsys, "eval", model, data, "--split", "val")
+    after = edgedx_json(capsys, "eval", tmp_path / "cal.onnx", data, "--split", "val")
+    assert after["confusion"] == before["confusion"]  # temperature never changes the arg-max
+    assert after["auc_ci_method"].startswith("bootstrap") and len(after["auc_ci"]) == 2
+    code, _, err = edgedx(capsys, "export", "calibrate", model, data, "--split", "val", "--target-sensitivity", "0.9",
+                          "-o", tmp_path / "x.onnx")
+    assert code == 2 and "--target-sensitivity needs a binary model" in err
