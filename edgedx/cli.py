@@ -42,13 +42,24 @@ ModelOpt = typer.Option(None, "--model", "-m", help="ONNX model or TensorRT engi
 BackendOpt = typer.Option(Backend.auto, "--backend", "-b", help="auto picks TensorRT for .engine/.plan/.trt files, ONNX Runtime otherwise.")
 
 
+def number(text: str, what: str) -> float:
+    """A number or a fraction (``0.5``, ``1/255``); a :class:`UsageError` naming ``what`` otherwise."""
+    from fractions import Fraction
+
+    try:
+        if "/" in text:
+            num, den = text.split("/", 1)
+            return float(Fraction(num.strip())) / float(Fraction(den.strip()))
+        return float(text)
+    except (ValueError, ZeroDivisionError):
+        raise UsageError(f"{what} must be a number or a fraction such as 1/255, got {text.strip()!r}") from None
+
+
 def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
+    """Comma-separated numbers or fractions; None passes through."""
     if text is None:
         return None
-    try:
-        return tuple(float(x) for x in text.split(","))
-    except ValueError:
-        raise UsageError(f"{what} must be comma-separated numbers, got {text!r}") from None
+    return tuple(number(x, what) for x in text.split(","))
 
 
 def _session_options(threads: int | None, cuda_graph: bool, trust_engine: bool):
@@ -75,7 +86,7 @@ def classify(
     labels: Optional[str] = typer.Option(None, help="Comma-separated labels, for a model without a manifest."),
     mean: Optional[str] = typer.Option(None, help="Per-channel mean (after scale), for a model without a manifest."),
     std: Optional[str] = typer.Option(None, help="Per-channel std, for a model without a manifest."),
-    scale: Optional[float] = typer.Option(None, help="Pixel scale before mean/std (default 1/255), for a model without a manifest."),
+    scale: Optional[str] = typer.Option(None, help="Pixel scale before mean/std (default 1/255; a number or fraction), for a model without a manifest."),
     resize: Optional[str] = typer.Option(None, help="stretch, letterbox or center_crop, for a model without a manifest."),
     activation: Optional[str] = typer.Option(None, help="softmax, sigmoid or none, for a model without a manifest."),
     workers: Optional[int] = typer.Option(None, min=0, help="Decode/preprocess threads (default: the usable cores; 0: none)."),
@@ -98,7 +109,7 @@ def classify(
         labels=labels.split(",") if labels else None,
         mean=_floats(mean, "--mean"),
         std=_floats(std, "--std"),
-        scale=scale,
+        scale=None if scale is None else number(scale, "--scale"),
         resize=resize,
         activation=activation,
     )

@@ -14,7 +14,6 @@ import os
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -54,21 +53,14 @@ class Given:
 
 
 def number(text: str, what: str) -> float:
-    """A number or a fraction: ``0.5``, ``1/255``, ``-0.485/0.229``.
+    """A number or a fraction: ``0.5``, ``1/255``, ``-0.485/0.229`` (the runtime CLI's parser).
 
     Raises:
         UsageError: naming the option.
     """
-    text = text.strip()
-    try:
-        if "/" in text:
-            num, den = text.split("/", 1)
-            value = float(Fraction(num.strip())) / float(Fraction(den.strip()))
-        else:
-            value = float(text)
-    except (ValueError, ZeroDivisionError):
-        raise UsageError(f"{what} must be a number or a fraction such as 1/255, got {text!r}") from None
-    return value
+    from edgedx.cli import number as parse
+
+    return parse(text.strip(), what)
 
 
 def numbers(text: str | None, what: str) -> tuple[float, ...] | None:

@@ -202,3 +202,18 @@ def test_float_frames_in_a_stated_range(tmp_path, caplog):
     assert r.scores == pytest.approx(expected.scores, abs=1e-6)
     with pytest.raises(InputError, match="float range"):
         Classifier(path, "onnxruntime", float_range=(1, 1))
+
+
+def test_classify_takes_a_fractional_scale_for_a_model_without_a_manifest(tmp_path, capsys):
+    from edgedx.cli import main
+
+    path = tiny_cnn(tmp_path / "bare.onnx", size=32)
+    frame = tmp_path / "x.png"
+    import cv2
+
+    cv2.imwrite(str(frame), (np.random.default_rng(7).random((40, 40)) * 255).astype(np.uint8))
+    capsys.readouterr()
+    assert main(["classify", str(frame), "--model", str(path), "--scale", "1/255", "--mean", "1/2", "--json", "--no-gate"]) == 0
+    assert '"status": "ok"' in capsys.readouterr().out
+    assert main(["classify", str(frame), "--model", str(path), "--scale", "1/x"]) == 2
+    assert "--scale must be a number or a fraction" in capsys.readouterr().err
