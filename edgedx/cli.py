@@ -179,12 +179,17 @@ def info(
         f"backend    {data['backend']}",
         f"labels     {', '.join(m['labels'])}",
         f"input      {i['name'] or data['inputs'][0]['name']} {i['layout']} {i['channels']}x{i['height']}x{i['width']} ({'gray' if i['channels'] == 1 else 'RGB'})",
-        f"preprocess resize {p['resize']}, scale {p['scale']:.6g}, mean {p['mean']}, std {p['std']}",
+        f"preprocess resize {p['resize']} ({p.get('interpolation', 'area')}{', antialiased' if p.get('antialias') else ''}), "
+        f"scale {p['scale']:.6g}, mean {p['mean']}, std {p['std']}",
         f"output     {m['output']['activation']} over {data['outputs'][0]['shape']}",
         f"precision  {m['precision']}",
     ]
     if m["positive_label"]:
         lines.append(f"decision   {m['positive_label']} when its probability >= {m['threshold']:.4f}")
+    if m.get("calibration"):
+        cal = m["calibration"]
+        fit = f"a={cal['a']:.4g}, b={cal['b']:.4g}" if cal["method"] == "platt" else f"T={cal['temperature']:.4g}"
+        lines.append(f"calibrated {cal['method']} ({fit}), fitted on {cal.get('fitted_on', '?')}")
     for key, value in (m.get("provenance") or {}).items():
         lines.append(f"provenance {key}: {json.dumps(value) if not isinstance(value, str) else value}")
     lines.append("backends   " + ", ".join(f"{k}: {v}" for k, v in data["backends_here"].items()))
