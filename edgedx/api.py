@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from edgedx import decode, limits
+from edgedx import decode, limits, preprocess
 from edgedx.audit import AuditLog
 from edgedx.backends import SessionOptions
 from edgedx.backends.base import cpu_count
@@ -56,6 +56,9 @@ class Classifier:
         overrides: what to assume for a model that carries no manifest.
         dicom_uids: put each DICOM input's Study/Series/SOP Instance UIDs in its records (they
             never reach logs).
+        float_range: the value range of float numpy frames (default 0..255, the display range
+            uint8 images have); ``(0, 1)`` for frames scaled to 0..1, which are then mapped onto
+            0..255 before the input gate and the model's own preprocessing.
     """
 
     def __init__(
@@ -72,7 +75,10 @@ class Classifier:
         session_options: SessionOptions | None = None,
         overrides: ManifestOverrides | None = None,
         dicom_uids: bool = False,
+        float_range: tuple[float, float] = (0.0, 255.0),
     ) -> None:
+        float_range = (float(float_range[0]), float(float_range[1]))
+        preprocess.from_float_range(np.zeros(1, np.float32), float_range)  # validates the range
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise UsageError(f"threshold must be in [0, 1], got {threshold}")
         limits.check_count("batch size", batch_size, limits.BATCH_SIZE)
@@ -109,7 +115,7 @@ class Classifier:
             self.session.close()
             raise
         facts = RunFacts(str(self.model_path), self.session.name, self.backend_note, self.session.precision)
-        config = PipelineConfig(self.batch_size, self.workers, use_gate, threshold, self.decode_options, dicom_uids)
+        config = PipelineConfig(self.batch_size, self.workers, use_gate, threshold, self.decode_options, dicom_uids, float_range)
         self._pipeline = Pipeline(self.session, self.manifest, config, facts, self._audit)
 
     @property
@@ -154,6 +160,11 @@ class Classifier:
         :class:`UsageError` after :meth:`close`.
         """
         return self._pipeline.predict_proba(images)
+
+    def predict_raw(self, images: list[np.ndarray]) -> np.ndarray:
+        """The model's raw outputs (N, K) for decoded images, before activation and calibration
+        (what a calibration is fitted on)."""
+        return self._pipeline.predict_raw(images)
 
     def info(self) -> dict[str, Any]:
         """The model, its hash, what runs it, its tensors and its manifest."""

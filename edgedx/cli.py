@@ -15,7 +15,7 @@ from typing import List, Optional
 
 import typer
 
-from edgedx.console import VERBOSITY, Backend, export_package, log_to_stderr, model_name
+from edgedx.console import VERBOSITY, Backend, export_package, log_to_stderr, model_name, number
 from edgedx import interrupt
 from edgedx.errors import EXIT_INPUT_FAILED, EXIT_OK, EdgedxError, UsageError
 from edgedx.outputs import OutputClosed
@@ -44,12 +44,10 @@ BackendOpt = typer.Option(Backend.auto, "--backend", "-b", help="auto picks Tens
 
 
 def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
+    """Comma-separated numbers or fractions; None passes through."""
     if text is None:
         return None
-    try:
-        return tuple(float(x) for x in text.split(","))
-    except ValueError:
-        raise UsageError(f"{what} must be comma-separated numbers, got {text!r}") from None
+    return tuple(number(x, what) for x in text.split(","))
 
 
 PrecisionOpt = typer.Option(None, "--precision", help="OpenVINO inference precision: f32 (default) or bf16; refused where the CPU cannot run it.")
@@ -122,7 +120,7 @@ def classify(
     labels: Optional[str] = typer.Option(None, help="Comma-separated labels, for a model without a manifest."),
     mean: Optional[str] = typer.Option(None, help="Per-channel mean (after scale), for a model without a manifest."),
     std: Optional[str] = typer.Option(None, help="Per-channel std, for a model without a manifest."),
-    scale: Optional[float] = typer.Option(None, help="Pixel scale before mean/std (default 1/255), for a model without a manifest."),
+    scale: Optional[str] = typer.Option(None, help="Pixel scale before mean/std (default 1/255; a number or fraction), for a model without a manifest."),
     resize: Optional[str] = typer.Option(None, help="stretch, letterbox or center_crop, for a model without a manifest."),
     activation: Optional[str] = typer.Option(None, help="softmax, sigmoid or none, for a model without a manifest."),
     workers: Optional[int] = typer.Option(None, min=0, help="Decode/preprocess threads (default: the usable cores; 0: none)."),
@@ -157,7 +155,7 @@ def classify(
         labels=labels.split(",") if labels else None,
         mean=_floats(mean, "--mean"),
         std=_floats(std, "--std"),
-        scale=scale,
+        scale=None if scale is None else number(scale, "--scale"),
         resize=resize,
         activation=activation,
     )
@@ -288,12 +286,17 @@ def info(
         f"backend    {data['backend']}",
         f"labels     {', '.join(m['labels'])}",
         f"input      {i['name'] or data['inputs'][0]['name']} {i['layout']} {i['channels']}x{i['height']}x{i['width']} ({'gray' if i['channels'] == 1 else 'RGB'})",
-        f"preprocess resize {p['resize']}, scale {p['scale']:.6g}, mean {p['mean']}, std {p['std']}",
+        f"preprocess resize {p['resize']} ({p.get('interpolation', 'area')}{', antialiased' if p.get('antialias') else ''}), "
+        f"scale {p['scale']:.6g}, mean {p['mean']}, std {p['std']}",
         f"output     {m['output']['activation']} over {data['outputs'][0]['shape']}",
         f"precision  {m['precision']}",
     ]
     if m["positive_label"]:
         lines.append(f"decision   {m['positive_label']} when its probability >= {m['threshold']:.4f}")
+    if m.get("calibration"):
+        cal = m["calibration"]
+        fit = f"a={cal['a']:.4g}, b={cal['b']:.4g}" if cal["method"] == "platt" else f"T={cal['temperature']:.4g}"
+        lines.append(f"calibrated {cal['method']} ({fit}), fitted on {cal.get('fitted_on', '?')}")
     for key, value in (m.get("provenance") or {}).items():
         lines.append(f"provenance {key}: {json.dumps(value) if not isinstance(value, str) else value}")
     lines.append("backends   " + ", ".join(f"{k}: {v}" for k, v in data["backends_here"].items()))

@@ -13,6 +13,7 @@ from enum import Enum
 from pathlib import Path
 from types import ModuleType
 
+from edgedx.errors import UsageError
 from edgedx.text import OneLineFormatter
 
 log = logging.getLogger("edgedx")
@@ -90,3 +91,16 @@ def export_package(init: Path = EXPORT_INIT) -> ModuleType | None:
 
 def _same_file(path: str | None, init: Path) -> bool:
     return path is not None and Path(path).resolve() == init
+
+
+def number(text: str, what: str) -> float:
+    """A number or a fraction (``0.5``, ``1/255``); a :class:`UsageError` naming ``what`` otherwise."""
+    from fractions import Fraction
+
+    try:
+        if "/" in text:
+            num, den = text.split("/", 1)
+            return float(Fraction(num.strip())) / float(Fraction(den.strip()))
+        return float(text)
+    except (ValueError, ZeroDivisionError):
+        raise UsageError(f"{what} must be a number or a fraction such as 1/255, got {text.strip()!r}") from None

@@ -177,8 +177,12 @@ def _load_npz(path: Path, labels: tuple[str, ...], split: str | None) -> Dataset
                    lambda i: np.asarray(images[i]))
 
 
-def score(classifiers: Sequence[Classifier], dataset: Dataset, batch_size: int = 32) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
+def score(classifiers: Sequence[Classifier], dataset: Dataset, batch_size: int = 32,
+          names: list[str] | None = None) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
     """Scores of every classifier on the same images, decoded once.
+
+    Args:
+        names: when given, the names of the scored images are appended to it, in score order.
 
     Returns:
         One (N, len(labels)) array per classifier, the targets of the scored images, and the names
@@ -195,6 +199,8 @@ def score(classifiers: Sequence[Classifier], dataset: Dataset, batch_size: int =
         log.warning("skipped %d unreadable images (first: %s)", len(skipped), skipped[0])
     if not kept:
         raise UsageError(f"no image of {dataset.source} could be read")
+    if names is not None:
+        names.extend(dataset.names[i] for i in kept)
     return [np.concatenate(o) for o in outs], dataset.targets[np.asarray(kept, int)], skipped
 
 
@@ -229,11 +235,17 @@ def operating_threshold(classifier: Classifier, override: float | None = None) -
 
 
 def evaluate(classifier: Classifier, dataset: Dataset, threshold: float | None = None, batch_size: int = 32) -> dict[str, Any]:
-    """Accuracy, AUC, sensitivity, specificity, F1 and the confusion matrix at the operating threshold."""
+    """Metrics at the operating threshold with 95% intervals, calibration error and the ROC points.
+
+    Accuracy, AUC, sensitivity, specificity, PPV, NPV, F1 and the confusion matrix; ``<metric>_ci``
+    holds ``[low, high]`` (Wilson for proportions, DeLong for a binary AUC, bootstrap for a macro
+    AUC); ``brier``, ``ece`` with its ``reliability`` bins, and ``roc`` (binary models).
+    """
     t = operating_threshold(classifier, threshold)
     (probs,), targets, skipped = score([classifier], dataset, batch_size)
     m = classifier.manifest
     report = metrics.summarize(targets, probs, m.positive_index, t)
+    report.update(metrics.uncertainty(targets, probs, m.positive_index, report["confusion"]))
     return {
         "model": str(classifier.model_path),
         "backend": classifier.backend,
@@ -248,11 +260,13 @@ def evaluate(classifier: Classifier, dataset: Dataset, threshold: float | None =
 
 
 def verify(reference: Classifier, candidate: Classifier, dataset: Dataset, gate: Gate | None = None,
-           threshold: float | None = None, batch_size: int = 32) -> dict[str, Any]:
+           threshold: float | None = None, batch_size: int = 32, near_margin: float = 0.02) -> dict[str, Any]:
     """Compare ``candidate`` with ``reference`` on the same images and apply ``gate``.
 
     Both decide at the reference's operating threshold (or ``threshold``). Score drift is over the
-    positive class for binary models, over all probabilities otherwise.
+    positive class for binary models, over all probabilities otherwise. ``flipped`` lists the
+    images whose decision changed; ``near_threshold`` (binary models) those not flipped whose
+    positive score lies within ``near_margin`` of the threshold in either model: the next to flip.
 
     Returns:
         A report whose ``gate`` section says ``passed`` and lists ``failures``.
@@ -261,7 +275,8 @@ def verify(reference: Classifier, candidate: Classifier, dataset: Dataset, gate:
     if tuple(reference.manifest.labels) != tuple(candidate.manifest.labels):
         raise UsageError(f"the models' labels differ: {list(reference.manifest.labels)} vs {list(candidate.manifest.labels)}")
     t = operating_threshold(reference, threshold)
-    (ref, cand), targets, skipped = score([reference, candidate], dataset, batch_size)
+    names: list[str] = []
+    (ref, cand), targets, skipped = score([reference, candidate], dataset, batch_size, names)
     pos = reference.manifest.positive_index
     ref_m = metrics.summarize(targets, ref, pos, t)
     cand_m = metrics.summarize(targets, cand, pos, t)
@@ -282,6 +297,8 @@ def verify(reference: Classifier, candidate: Classifier, dataset: Dataset, gate:
         "skipped": len(skipped),
         "threshold": t,
         "flips": {"count": flips, "rate": flips / len(targets)},
+        "flipped": _listed(np.flatnonzero(ref_dec != cand_dec), names, ref, cand, targets, reference.manifest.labels, pos),
+        "near_threshold": _near(names, ref, cand, targets, reference.manifest.labels, pos, t, near_margin),
         "top1_agreement": float((ref.argmax(1) == cand.argmax(1)).mean()),
         "score_drift": {"mean_abs": float(drift.mean()), "max_abs": float(drift.max()),
                         "over": "positive class" if pos is not None else "all classes"},
@@ -290,6 +307,34 @@ def verify(reference: Classifier, candidate: Classifier, dataset: Dataset, gate:
     failures = gate.failures(report)
     report["gate"] = {**asdict(gate), "passed": not failures, "failures": failures}
     return report
+
+
+#: At most this many images are listed under ``flipped`` and ``near_threshold`` (their counts are complete).
+MAX_LISTED = 50
+
+
+def _listed(idx: np.ndarray, names: list[str], ref: np.ndarray, cand: np.ndarray, targets: np.ndarray,
+            labels: Sequence[str], pos: int | None) -> list[dict[str, Any]]:
+    out = []
+    for i in idx[:MAX_LISTED]:
+        i = int(i)
+        if pos is not None:
+            r, c = float(ref[i, pos]), float(cand[i, pos])
+        else:
+            r, c = labels[int(ref[i].argmax())], labels[int(cand[i].argmax())]
+        out.append({"file": names[i], "truth": labels[int(targets[i])], "reference": r, "candidate": c})
+    return out
+
+
+def _near(names: list[str], ref: np.ndarray, cand: np.ndarray, targets: np.ndarray, labels: Sequence[str], pos: int | None,
+          t: float | None, margin: float) -> dict[str, Any] | None:
+    if pos is None or t is None:
+        return None
+    r, c = ref[:, pos], cand[:, pos]
+    near = ((np.abs(r - t) < margin) | (np.abs(c - t) < margin)) & ((r >= t) == (c >= t))
+    idx = np.flatnonzero(near)
+    idx = idx[np.argsort(np.minimum(np.abs(r[idx] - t), np.abs(c[idx] - t)), kind="stable")]
+    return {"margin": margin, "count": int(len(idx)), "files": _listed(idx, names, ref, cand, targets, labels, pos)}
 
 
 def _delta(ref: float | None, cand: float | None) -> float | None:

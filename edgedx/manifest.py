@@ -50,6 +50,7 @@ class Manifest:
     provenance: Mapping[str, Any] = field(default_factory=dict)
     accepts: Mapping[str, Any] = field(default_factory=dict)
     engine: Mapping[str, Any] = field(default_factory=dict)
+    calibration: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def is_binary(self) -> bool:
@@ -78,6 +79,8 @@ class Manifest:
                 "mean": list(p.mean),
                 "std": list(p.std),
                 "pad_value": p.pad_value,
+                "interpolation": p.interpolation.value,
+                "antialias": p.antialias,
             },
             "output": {"name": self.output_name, "activation": self.activation.value},
             "positive_label": self.positive_label,
@@ -89,6 +92,8 @@ class Manifest:
             out["accepts"] = dict(self.accepts)
         if self.engine:
             out["engine"] = dict(self.engine)
+        if self.calibration:
+            out["calibration"] = dict(self.calibration)
         return out
 
     def to_json(self) -> str:
@@ -136,6 +141,8 @@ def from_dict(data: Any, source: str = "manifest") -> Manifest:
             mean=tuple(pre.get("mean", (0.0,))) if isinstance(pre.get("mean", ()), (list, tuple)) else pre.get("mean"),
             std=tuple(pre.get("std", (1.0,))) if isinstance(pre.get("std", ()), (list, tuple)) else pre.get("std"),
             pad_value=pre.get("pad_value", 0.0),
+            interpolation=pre.get("interpolation", "area"),
+            antialias=pre.get("antialias", False),
         )
     except (ValueError, TypeError) as exc:
         problems.extend(f"preprocess/input {p}" for p in str(exc).split("; "))
@@ -163,13 +170,18 @@ def from_dict(data: Any, source: str = "manifest") -> Manifest:
     precision = data.get("precision", "fp32")
     if not isinstance(precision, str) or precision not in PRECISIONS:
         problems.append(f"precision: must be one of {list(PRECISIONS)}, got {precision!r}")
-    for name in ("provenance", "accepts", "engine"):
+    for name in ("provenance", "accepts", "engine", "calibration"):
         if not isinstance(data.get(name, {}), Mapping):
             problems.append(f"{name}: must be an object")
     if isinstance(data.get("accepts", {}), Mapping):
         from edgedx.gate import validate_accepts
 
         problems.extend(validate_accepts(data.get("accepts", {})))
+
+    if isinstance(data.get("calibration", {}), Mapping) and data.get("calibration"):
+        from edgedx.calibration import validate as validate_calibration
+
+        problems.extend(validate_calibration(data["calibration"], labels, positive, activation))
 
     if problems or spec is None:
         raise ModelError(f"invalid manifest in {source}: " + "; ".join(problems))
@@ -185,6 +197,7 @@ def from_dict(data: Any, source: str = "manifest") -> Manifest:
         provenance=dict(data.get("provenance", {})),
         accepts=dict(data.get("accepts", {})),
         engine=dict(data.get("engine", {})),
+        calibration=dict(data.get("calibration") or {}),
     )
 
 

@@ -14,6 +14,7 @@ Where to hook in:
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -32,6 +33,8 @@ from edgedx.errors import EdgedxError, UsageError
 from edgedx.inputs import BytesSource, error_kind
 from edgedx.manifest import Manifest
 from edgedx.results import Result, RunFacts
+
+log = logging.getLogger("edgedx")
 
 Source = Union[str, Path, np.ndarray, BytesSource]
 
@@ -79,6 +82,7 @@ class PipelineConfig:
         threshold: overrides the manifest's operating threshold.
         decode_options: what the decoder may skip or must refuse.
         dicom_uids: put each DICOM input's Study/Series/SOP Instance UIDs in its records.
+        float_range: the value range of float numpy frames, mapped onto the 0..255 pixel domain.
     """
 
     batch_size: int
@@ -87,6 +91,7 @@ class PipelineConfig:
     threshold: float | None = None
     decode_options: decode.DecodeOptions = field(default_factory=decode.DecodeOptions)
     dicom_uids: bool = False
+    float_range: tuple[float, float] = (0.0, 255.0)
 
 
 class Pipeline:
@@ -254,6 +259,13 @@ class Pipeline:
             UsageError: the session is closed (nothing is written anywhere then).
             InputError: an image cannot be preprocessed.
         """
+        raw = self.predict_raw(images)
+        if not len(raw):
+            return np.empty((0, len(self.manifest.labels)))
+        return postprocess.probabilities(raw, self.manifest)
+
+    def predict_raw(self, images: list[np.ndarray]) -> np.ndarray:
+        """The model's raw outputs (N, K) for decoded images, before activation and calibration."""
         out = []
         size = self.config.batch_size
         for start in range(0, len(images), size):
@@ -261,11 +273,11 @@ class Pipeline:
             self._turn.acquire()
             try:
                 batch = preprocess.apply_batch(chunk, self.manifest.preprocess, self.session.input_buffer(len(chunk)))
-                raw = self.session.run(batch)
+                raw = np.array(self.session.run(batch), copy=True)  # a backend may reuse its output buffer
             finally:
                 self._turn.release()
-            out.append(postprocess.probabilities(raw, self.manifest))
-        return np.concatenate(out) if out else np.empty((0, len(self.manifest.labels)))
+            out.append(raw.reshape(raw.shape[0], -1))
+        return np.concatenate(out) if out else np.empty((0, 0))
 
     # -- internals --------------------------------------------------------------------------
 
@@ -291,7 +303,8 @@ class Pipeline:
         want_uids = self.config.dicom_uids
         if isinstance(source, np.ndarray):
             sha = hashlib.sha256(np.ascontiguousarray(source).tobytes()).hexdigest() if hashing else None
-            yield Item(index, None, sha256=sha, uids=dict(dicom_ids.NONE) if want_uids else None), source, None
+            frame = float_frame(source, self.config.float_range)
+            yield Item(index, None, sha256=sha, uids=dict(dicom_ids.NONE) if want_uids else None), frame, None
             return
         held = isinstance(source, BytesSource)
         path = source.name if held else str(source)
@@ -311,6 +324,16 @@ class Pipeline:
             return
         for d in frames:
             yield Item(index, path, frame=d.info.frame, sha256=sha, uids=uids), d.image, d.info
+
+
+def float_frame(frame: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
+    """A float frame in the stated range, in the 0..255 pixel domain; warns about 0..1 frames read as 0..255."""
+    if frame.dtype in (np.float32, np.float64) and frame.size:
+        if value_range == (0.0, 255.0) and float(np.nanmax(frame)) <= 1.0 and float(np.nanmin(frame)) >= 0.0:
+            log.warning("a float frame with values in 0..1 is read in the 0..255 display range (nearly black); "
+                        "pass Classifier(..., float_range=(0, 1)) for frames scaled to 0..1")
+        return preprocess.from_float_range(frame, value_range)
+    return frame
 
 
 class _Turn:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgedx import calibration
 from edgedx.errors import ModelError
 from edgedx.manifest import Activation, Manifest
 
@@ -54,7 +55,7 @@ def probabilities(raw: np.ndarray, manifest: Manifest) -> np.ndarray:
     raw = _rows(raw, manifest)
     if not np.isfinite(raw).all():
         raise ModelError("the model's output holds NaN or infinite values: the model or its conversion is broken")
-    return _activate(raw, manifest)
+    return _scores(raw, manifest)
 
 
 def answers(raw: np.ndarray, manifest: Manifest, threshold: float | None = None, *, batch: int | None = None) -> list[Prediction | None]:
@@ -70,7 +71,7 @@ def answers(raw: np.ndarray, manifest: Manifest, threshold: float | None = None,
     """
     raw = _rows(raw, manifest, batch)
     finite = np.isfinite(raw).all(axis=1)
-    good = iter(decide(_activate(raw[finite], manifest), manifest, threshold))
+    good = iter(decide(_scores(raw[finite], manifest), manifest, threshold))
     return [next(good) if ok else None for ok in finite]
 
 
@@ -87,6 +88,15 @@ def _rows(raw: np.ndarray, manifest: Manifest, batch: int | None = None) -> np.n
     raw = np.asarray(raw, np.float64).reshape(raw.shape[0], -1)
     check_output(manifest, raw.shape[1])
     return raw
+
+
+def _scores(raw: np.ndarray, manifest: Manifest) -> np.ndarray:
+    """Activated scores, calibrated when the manifest carries a calibration (every backend alike)."""
+    probs = _activate(raw, manifest)
+    if not manifest.calibration:
+        return probs
+    logp = calibration.log_probabilities(raw, probs, manifest.activation.value, manifest.positive_index)
+    return calibration.apply(manifest.calibration, logp, manifest.positive_index)
 
 
 def _activate(raw: np.ndarray, manifest: Manifest) -> np.ndarray:

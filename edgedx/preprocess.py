@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -28,6 +29,22 @@ class ResizePolicy(str, Enum):
     STRETCH = "stretch"  # resize to the target, aspect ratio not kept
     LETTERBOX = "letterbox"  # fit inside the target, pad the rest with ``pad_value``
     CENTER_CROP = "center_crop"  # shorter side to the target, then crop the centre
+
+
+class Interpolation(str, Enum):
+    """How pixels are resampled to the model's size; the manifest states the one the model was trained with.
+
+    ``area`` is edgedx's own default (pixel-area averaging when shrinking, bilinear when enlarging);
+    ``nearest`` is Keras ``flow_from_directory``'s (PIL's centre-aligned nearest neighbour);
+    ``linear`` with ``antialias`` is torchvision ``Resize``'s (PIL's bilinear filter, widened when
+    shrinking); without ``antialias`` it is OpenCV's / ``F.interpolate``'s bilinear. ``cubic``
+    likewise (antialiased: PIL's bicubic; otherwise OpenCV's).
+    """
+
+    NEAREST = "nearest"
+    LINEAR = "linear"
+    AREA = "area"
+    CUBIC = "cubic"
 
 
 class Layout(str, Enum):
@@ -47,6 +64,8 @@ class PreprocessSpec:
         mean, std: per-channel normalization after ``scale``; one value or one per channel.
         layout: NCHW (PyTorch) or NHWC (Keras).
         pad_value: letterbox fill, in the 0..255 pixel domain.
+        interpolation: the resampling the model was trained with.
+        antialias: ``linear``/``cubic`` only: widen the filter when shrinking (PIL, torchvision).
     """
 
     width: int
@@ -58,6 +77,8 @@ class PreprocessSpec:
     std: tuple[float, ...] = (1.0,)
     layout: Layout = Layout.NCHW
     pad_value: float = 0.0
+    interpolation: Interpolation = Interpolation.AREA
+    antialias: bool = False
     _coeffs: tuple[np.ndarray, np.ndarray] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -66,6 +87,7 @@ class PreprocessSpec:
             raise ValueError("; ".join(problems))
         object.__setattr__(self, "resize", ResizePolicy(self.resize))
         object.__setattr__(self, "layout", Layout(self.layout))
+        object.__setattr__(self, "interpolation", Interpolation(self.interpolation))
         mean = np.broadcast_to(np.asarray(self.mean, np.float32), (self.channels,))
         std = np.broadcast_to(np.asarray(self.std, np.float32), (self.channels,))
         # (x * scale - mean) / std == x * gain + bias
@@ -84,6 +106,12 @@ class PreprocessSpec:
             out.append(f"resize: must be one of {[p.value for p in ResizePolicy]}, got {self.resize!r}")
         if not isinstance(self.layout, str) or self.layout not in {p.value for p in Layout}:
             out.append(f"layout: must be NCHW or NHWC, got {self.layout!r}")
+        if not isinstance(self.interpolation, str) or self.interpolation not in {p.value for p in Interpolation}:
+            out.append(f"interpolation: must be one of {[p.value for p in Interpolation]}, got {self.interpolation!r}")
+        elif not isinstance(self.antialias, bool):
+            out.append(f"antialias: must be true or false, got {self.antialias!r}")
+        elif self.antialias and self.interpolation not in (Interpolation.LINEAR, Interpolation.CUBIC):
+            out.append(f"antialias: applies to linear and cubic interpolation, not {Interpolation(self.interpolation).value}")
         for name in ("mean", "std"):
             values = getattr(self, name)
             if not isinstance(values, tuple) or len(values) not in (1, self.channels if self.channels in (1, 3) else 1):
@@ -183,6 +211,23 @@ def normalize(pixels: np.ndarray, spec: PreprocessSpec, out: np.ndarray | None =
     return out
 
 
+def from_float_range(image: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
+    """A float frame whose values span ``value_range`` (e.g. (0, 1)) -> float32 in the 0..255 pixel domain.
+
+    Values outside the range are clipped. Integer frames pass through unchanged.
+
+    Raises:
+        InputError: the range is empty or not finite.
+    """
+    low, high = (float(v) for v in value_range)
+    if not (math.isfinite(low) and math.isfinite(high) and high > low):
+        raise InputError(f"float range must be two finite numbers, low < high, got {value_range!r}")
+    if image.dtype not in (np.float32, np.float64) or (low, high) == (0.0, 255.0):
+        return image
+    out = (np.asarray(image, np.float32) - np.float32(low)) * np.float32(255.0 / (high - low))
+    return np.clip(out, 0.0, 255.0, out=out)
+
+
 def apply_batch(images: list[np.ndarray], spec: PreprocessSpec, out: np.ndarray | None = None) -> np.ndarray:
     """Preprocess several images into the first ``len(images)`` rows of ``out``."""
     if out is None:
@@ -219,7 +264,7 @@ def _resize(img: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
         crop_w = min(w, max(1, round(h * spec.width / spec.height)))
         crop_h = min(h, max(1, round(w * spec.height / spec.width)))
         x0, y0 = (w - crop_w) // 2, (h - crop_h) // 2
-        return _resize_to(img[y0 : y0 + crop_h, x0 : x0 + crop_w], spec.width, spec.height)
+        return _resize_to(img[y0 : y0 + crop_h, x0 : x0 + crop_w], spec.width, spec.height, spec)
     if spec.resize is ResizePolicy.LETTERBOX:
         s = min(spec.width / w, spec.height / h)
         nw, nh = max(1, round(w * s)), max(1, round(h * s))
@@ -227,14 +272,106 @@ def _resize(img: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
         pad = spec.pad_value * 257 if img.dtype == np.uint16 else spec.pad_value
         canvas = np.full((spec.height, spec.width, *img.shape[2:]), pad, img.dtype)
         x0, y0 = (spec.width - nw) // 2, (spec.height - nh) // 2
-        canvas[y0 : y0 + nh, x0 : x0 + nw] = _resize_to(img, nw, nh)
+        canvas[y0 : y0 + nh, x0 : x0 + nw] = _resize_to(img, nw, nh, spec)
         return canvas
-    return _resize_to(img, spec.width, spec.height)
+    return _resize_to(img, spec.width, spec.height, spec)
 
 
-def _resize_to(img: np.ndarray, width: int, height: int) -> np.ndarray:
+_CV2_FLAGS = {Interpolation.NEAREST: cv2.INTER_NEAREST_EXACT, Interpolation.LINEAR: cv2.INTER_LINEAR, Interpolation.CUBIC: cv2.INTER_CUBIC}
+
+
+def _resize_to(img: np.ndarray, width: int, height: int, spec: PreprocessSpec) -> np.ndarray:
     h, w = img.shape[:2]
     if (w, h) == (width, height):
         return img
-    shrinking = width < w and height < h
-    return cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    if spec.antialias:
+        return _resample(img, width, height, spec.interpolation.value)
+    if spec.interpolation is Interpolation.AREA:
+        shrinking = width < w and height < h
+        return cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    return cv2.resize(img, (width, height), interpolation=_CV2_FLAGS[spec.interpolation])
+
+
+def _triangle(x: np.ndarray) -> np.ndarray:
+    return np.clip(1.0 - np.abs(x), 0.0, None)
+
+
+def _keys_cubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
+    x = np.abs(x)
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    return np.where(x < 1, near, np.where(x < 2, far, 0.0))
+
+
+_FILTERS = {"linear": (_triangle, 1.0), "cubic": (_keys_cubic, 2.0)}
+
+
+@lru_cache(maxsize=64)
+def _taps(size_in: int, size_out: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """PIL's resampling taps for one axis: source indices and weights, both (K, out), K taps a pixel.
+
+    The filter is widened by the shrink factor (antialiasing); centres are pixel centres. Taps past
+    a pixel's support have weight 0.
+    """
+    fn, support = _FILTERS[kind]
+    scale = size_in / size_out
+    fscale = max(scale, 1.0)
+    reach = support * fscale
+    centre = (np.arange(size_out) + 0.5) * scale
+    first = np.maximum((centre - reach + 0.5).astype(np.int64), 0)
+    last = np.minimum((centre + reach + 0.5).astype(np.int64), size_in)
+    k = int((last - first).max())
+    index = first[None, :] + np.arange(k)[:, None]
+    weight = fn((index - centre[None, :] + 0.5) / fscale)
+    weight[index >= last[None, :]] = 0.0
+    weight /= weight.sum(0, keepdims=True)
+    return np.minimum(index, size_in - 1), weight.astype(np.float32)
+
+
+#: Above this many source pixels along an axis, a dense weight matrix (BLAS) beats tap-by-tap gathers.
+_DENSE_FROM = 512
+
+
+@lru_cache(maxsize=32)
+def _dense(size_in: int, size_out: int, kind: str) -> np.ndarray:
+    """The taps of :func:`_taps` as a dense (out, in) matrix."""
+    index, weight = _taps(size_in, size_out, kind)
+    out = np.zeros((size_out, size_in), np.float32)
+    cols = np.broadcast_to(np.arange(size_out), index.shape)
+    np.add.at(out, (cols.ravel(), index.ravel()), weight.ravel())
+    return out
+
+
+def _pass(src: np.ndarray, size_out: int, kind: str, axis: int) -> np.ndarray:
+    """One separable pass along ``axis`` (1: columns, 0: rows)."""
+    size_in = src.shape[axis]
+    if size_in > _DENSE_FROM:
+        matrix = _dense(size_in, size_out, kind)
+        if axis == 0:
+            return np.tensordot(matrix, src, axes=(1, 0))
+        return np.moveaxis(np.tensordot(src, matrix, axes=(1, 1)), -1, 1)
+    index, weight = _taps(size_in, size_out, kind)
+    out = None  # one tap at a time: no K-fold temporaries
+    for idx, w in zip(index, weight):
+        if axis == 1:
+            term = src[:, idx] * (w if src.ndim == 2 else w[:, None])
+        else:
+            term = src[idx] * (w[:, None] if src.ndim == 2 else w[:, None, None])
+        if out is None:
+            out = term
+        else:
+            out += term
+    return out
+
+
+def _resample(img: np.ndarray, width: int, height: int, kind: str) -> np.ndarray:
+    """Antialiased separable resampling (PIL's algorithm: horizontal pass first, integer images
+    rounded and clipped after each pass); keeps the dtype."""
+    top = None if img.dtype == np.float32 else float(np.iinfo(img.dtype).max)
+    rows = _pass(img.astype(np.float32, copy=False), width, kind, axis=1)
+    if top is not None:
+        rows = np.clip(np.rint(rows, out=rows), 0, top, out=rows)
+    res = _pass(rows, height, kind, axis=0)
+    if top is None:
+        return res
+    return np.clip(np.rint(res, out=res), 0, top, out=res).astype(img.dtype)

@@ -38,46 +38,71 @@ MaxSensDrop = typer.Option(0.01, "--max-sensitivity-drop", min=0.0, help="Gate: 
 MaxFlipRate = typer.Option(None, "--max-flip-rate", min=0.0, max=1.0, help="Gate: largest allowed fraction of flipped decisions (off by default).")
 
 
+VerboseOpt = typer.Option(False, "--verbose", "-v", help="Let third-party output (torch, Keras, ONNX Runtime) through to stderr.")
+
+
 @app.command("onnx")
 def onnx_command(
-    model: Path = typer.Argument(..., help="State dict (.pt/.pth, with --arch), TorchScript archive, torch.export .pt2, or Keras .keras/.h5."),
-    output: Path = typer.Option(..., "--out", "-o", help="The ONNX file to write."),
+    model: Path = typer.Argument(..., help="An ONNX model you have, a state dict (.pt/.pth, with --arch), TorchScript, torch.export .pt2, or Keras .keras/.h5."),
+    output: Path = typer.Option(..., "--out", "-o", help="The ONNX file to write (nothing is left there if a check fails)."),
     manifest_file: Optional[Path] = typer.Option(None, "--manifest", help="PyTorch: a JSON manifest (labels, input, preprocess, output, threshold) instead of the options below."),
     labels: Optional[str] = typer.Option(None, help="Comma-separated labels in the model's output order."),
     positive: Optional[str] = typer.Option(None, "--positive", help="Binary models: the label screened for."),
-    threshold: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Binary models: operating threshold on the positive label's probability."),
-    size: Optional[str] = typer.Option(None, help="Input size W or WxH (PyTorch: required without --manifest; Keras: from the model)."),
-    channels: Optional[int] = typer.Option(None, help="1 (gray) or 3 (RGB); default 3 (Keras: from the model)."),
-    mean: Optional[str] = typer.Option(None, help="Per-channel mean after scale (default 0)."),
-    std: Optional[str] = typer.Option(None, help="Per-channel std (default 1)."),
-    scale: Optional[float] = typer.Option(None, help="Pixel scale before mean/std (default 1/255)."),
+    threshold: Optional[str] = typer.Option(None, help="Binary models: operating threshold on the positive label's probability (a number or fraction in 0..1)."),
+    size: Optional[str] = typer.Option(None, help="Input size W or WxH (ONNX and Keras: from the model; PyTorch: required without --manifest)."),
+    channels: Optional[int] = typer.Option(None, help="1 (gray) or 3 (RGB); ONNX and Keras: from the model, else 3."),
+    layout: Optional[str] = typer.Option(None, help="ONNX: NCHW or NHWC when the input shape does not tell."),
+    mean: Optional[str] = typer.Option(None, help="Per-channel mean after scale (default 0); numbers or fractions."),
+    std: Optional[str] = typer.Option(None, help="Per-channel std (default 1); numbers or fractions."),
+    scale: Optional[str] = typer.Option(None, help="Pixel scale before mean/std, e.g. 1/255 (the default; Keras with its own Rescaling layer: 1)."),
+    force_scale: bool = typer.Option(False, "--force-scale", help="Keras: apply --scale/--mean/--std even though the model has its own Rescaling/Normalization layer."),
     resize: Optional[str] = typer.Option(None, help="stretch (default), letterbox or center_crop."),
-    activation: Optional[str] = typer.Option(None, help="PyTorch: softmax (default) or sigmoid on the logits. Keras: taken from the last layer."),
-    arch: Optional[str] = typer.Option(None, "--arch", help="State dicts: screening_cnn or resnet (export.models.ARCHITECTURES)."),
+    interpolation: Optional[str] = typer.Option(None, help="nearest, linear, area or cubic: what the model was trained with (default: the source framework's loader default)."),
+    antialias: Optional[bool] = typer.Option(None, "--antialias/--no-antialias", help="linear/cubic: antialiased like PIL and torchvision Resize."),
+    activation: Optional[str] = typer.Option(None, help="softmax, sigmoid or none. ONNX: outputs are logits unless this says otherwise (a final Softmax/Sigmoid is detected). PyTorch: softmax by default. Keras: from the last layer."),
+    accepts: Optional[str] = typer.Option(None, "--accepts", help='What inputs the model is for, as JSON: \'{"modalities": ["CR", "DX"], "min_size": 64}\'.'),
+    arch: Optional[str] = typer.Option(None, "--arch", help="State dicts: a name (screening_cnn, resnet, resnet18/34/50 in torchvision layout), path/to/file.py:ClassName or package.module:ClassName."),
     arch_kwargs: Optional[str] = typer.Option(None, "--arch-kwargs", help='State dicts: constructor arguments as JSON, e.g. \'{"in_channels": 1, "widths": [24, 32, 64]}\'.'),
     images: Optional[List[Path]] = typer.Option(None, "--images", help="Real scans (files or folders) to compare ONNX Runtime with the source on."),
     num_images: int = typer.Option(16, "--num-images", min=1, help="How many of --images to compare on."),
-    opset: int = typer.Option(17, min=13, help="ONNX opset."),
+    opset: int = typer.Option(17, min=13, help="ONNX opset (PyTorch and Keras sources)."),
     simplify: bool = typer.Option(False, "--simplify", help="Simplify the graph with onnxslim (or onnx-simplifier)."),
     static_batch: bool = typer.Option(False, "--static-batch", help="Batch axis fixed at 1 instead of dynamic."),
     atol: float = typer.Option(1e-4, min=0.0, help="Largest allowed probability difference from the source."),
     min_agreement: float = typer.Option(1.0, min=0.0, max=1.0, help="Smallest allowed top-1 agreement with the source."),
     as_json: bool = JsonOpt,
+    verbose: bool = VerboseOpt,
 ) -> None:
-    """Export a PyTorch or Keras model to one self-contained ONNX file with its manifest, checked on real images."""
-    from export import from_keras, to_onnx
+    """Bring a model in: an existing ONNX, PyTorch or Keras model -> one self-contained ONNX file with its manifest, checked on real images."""
+    from export import contract, from_keras, quiet, to_onnx
 
     log_to_stderr()
+    quiet.set_verbose(verbose)
     tol = to_onnx.Tolerance(atol, min_agreement)
     files = _pick(_expand(images), num_images) if images else None
-    if model.suffix.lower() in (".keras", ".h5", ".hdf5"):
+    threshold_value = _probability(threshold, "--threshold")
+    given = contract.Given(
+        labels=tuple(labels.split(",")) if labels else None, positive_label=positive, threshold=threshold_value,
+        size=_size(size) if size else None, channels=channels, layout=layout.upper() if layout else None,
+        scale=contract.number(scale, "--scale") if scale is not None else None,
+        mean=contract.numbers(mean, "--mean"), std=contract.numbers(std, "--std"), resize=resize,
+        interpolation=interpolation, antialias=antialias, activation=activation,
+        accepts=contract.parse_accepts(accepts), force_scale=force_scale,
+    )
+    suffix = model.suffix.lower()
+    if suffix == ".onnx":
+        from export.from_onnx import import_onnx
+
+        if manifest_file is not None or arch is not None:
+            raise UsageError("--manifest and --arch are for PyTorch sources; an ONNX model takes --labels and the preprocessing options")
+        result = import_onnx(model, output, given, images=files, static_batch=static_batch, simplify=simplify, tolerance=tol)
+    elif suffix in (".keras", ".h5", ".hdf5"):
         if not labels:
             raise UsageError("Keras models need --labels (in output order: flow_from_directory sorts the class folders)")
-        spec = _keras_spec(size, channels, mean, std, scale, resize)
-        result = from_keras.export_keras(model, output, labels.split(","), positive_label=positive, threshold=threshold, spec=spec,
-                                      images=files, opset=opset, simplify=simplify, tolerance=tol)
+        result = from_keras.export_keras(model, output, list(given.labels or ()), positive_label=positive, threshold=threshold_value, given=given,
+                                         images=files, opset=opset, simplify=simplify, tolerance=tol)
     else:
-        manifest = _torch_manifest(manifest_file, labels, positive, threshold, size, channels, mean, std, scale, resize, activation)
+        manifest = _torch_manifest(manifest_file, given)
         kwargs = _json_arg(arch_kwargs, "--arch-kwargs") if arch_kwargs else None
         result = to_onnx.export_torch(model, output, manifest, images=files, architecture=arch, arch_kwargs=kwargs, opset=opset,
                                       simplify=simplify, dynamic_batch=not static_batch, tolerance=tol)
@@ -87,6 +112,8 @@ def onnx_command(
     c = result["comparison"]
     print(f"wrote      {result['output']} ({result['bytes'] / 1e6:.2f} MB, opset {result['opset']}, from {result['from']})")
     print(f"sha256     {result['sha256']}")
+    if "batch" in result:
+        print(f"batch      {result['batch']}")
     print(f"checked    {c['images']} images: max |p_onnx - p_source| {c['max_abs_error']:.2e} (tol {c['atol']:g}), "
           f"top-1 agreement {c['top1_agreement']:.3f}")
 
@@ -198,6 +225,87 @@ def verify_command(
         print(_verify_text(report))
 
 
+@app.command("calibrate")
+def calibrate_command(
+    model: Path = typer.Argument(..., help="The edgedx ONNX model (with its manifest)."),
+    data: Path = typer.Argument(..., help="Held-out labelled data: class folders or a .npz (not the test set you report)."),
+    output: Path = typer.Option(..., "--out", "-o", help="The calibrated ONNX file to write (the graph is unchanged)."),
+    target_sensitivity: Optional[float] = typer.Option(None, "--target-sensitivity", min=0.0, max=1.0,
+                                                       help="Binary models: the highest threshold whose sensitivity is >= this with 95% confidence."),
+    positive: Optional[str] = typer.Option(None, "--positive", help="Binary models: the label screened for (default: the manifest's)."),
+    method: Optional[str] = typer.Option(None, "--method", help="platt (binary default) or temperature (default for more classes)."),
+    split: Optional[str] = SplitOpt,
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Use at most N images (evenly spread)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    as_json: bool = JsonOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Calibrate a model's probabilities (Platt or temperature) and pick its operating threshold; reports calibration error before and after."""
+    from export import quiet
+    from export.calibrate import calibrate
+
+    log_to_stderr()
+    quiet.set_verbose(verbose)
+    if method not in (None, "platt", "temperature"):
+        raise UsageError(f"--method must be platt or temperature, got {method!r}")
+    result = calibrate(model, data, output, target_sensitivity=target_sensitivity, positive=positive, method=method,
+                       split=split, limit=limit, batch_size=batch_size)
+    if as_json:
+        _print_json(result)
+        return
+    cal, before, after = result["calibration"], result["before"], result["after"]
+    fit = f"a={cal['a']:.4f} b={cal['b']:.4f}" if cal["method"] == "platt" else f"T={cal['temperature']:.4f}"
+    print(f"wrote        {result['output']}")
+    print(f"calibration  {cal['method']} {fit} on {result['n']} images of {result['data']}")
+    for key in ("ece", "brier", "log_loss"):
+        print(f"{key:12} {before[key]:.4f} -> {after[key]:.4f}")
+    if result["threshold"] is not None:
+        at = result["at_threshold"]
+        print(f"threshold    {result['positive_label']} when p >= {result['threshold']:.4f} ({result['threshold_rule']})")
+        for key in ("sensitivity", "specificity"):
+            ci = at.get(f"{key}_ci")
+            print(f"{key:12} {_num(at.get(key))}" + (f"  95% CI [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "") + "  (on the calibration data)")
+
+
+@app.command("manifest")
+def manifest_command(
+    model: Path = typer.Argument(..., help="The edgedx ONNX model whose manifest to change (it is not modified)."),
+    output: Path = typer.Option(..., "--out", "-o", help="The copy to write, with the new manifest."),
+    labels: Optional[str] = typer.Option(None, help="Comma-separated labels (same count, output order)."),
+    positive: Optional[str] = typer.Option(None, "--positive", help="Binary models: the label screened for."),
+    threshold: Optional[str] = typer.Option(None, help="Binary models: the operating threshold (a number or fraction in 0..1)."),
+    accepts: Optional[str] = typer.Option(None, "--accepts", help='What inputs the model is for, as JSON (\'{}\' clears it).'),
+    mean: Optional[str] = typer.Option(None, help="Per-channel mean after scale."),
+    std: Optional[str] = typer.Option(None, help="Per-channel std."),
+    scale: Optional[str] = typer.Option(None, help="Pixel scale before mean/std, e.g. 1/255."),
+    resize: Optional[str] = typer.Option(None, help="stretch, letterbox or center_crop."),
+    interpolation: Optional[str] = typer.Option(None, help="nearest, linear, area or cubic."),
+    antialias: Optional[bool] = typer.Option(None, "--antialias/--no-antialias", help="linear/cubic: antialiased (PIL, torchvision)."),
+    activation: Optional[str] = typer.Option(None, help="softmax, sigmoid or none."),
+    no_calibration: bool = typer.Option(False, "--no-calibration", help="Remove the calibration."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Change a model's manifest in a copy: labels, threshold, accepts, preprocessing; validated before it is written."""
+    from export import contract
+    from export.edit import edit_manifest
+
+    log_to_stderr()
+    changes = {
+        "labels": tuple(labels.split(",")) if labels else None, "positive_label": positive, "threshold": _probability(threshold, "--threshold"),
+        "accepts": contract.parse_accepts(accepts) if accepts is not None else None,
+        "mean": contract.numbers(mean, "--mean"), "std": contract.numbers(std, "--std"),
+        "scale": contract.number(scale, "--scale") if scale is not None else None, "resize": resize,
+        "interpolation": interpolation, "antialias": antialias, "activation": activation,
+        "calibration": {} if no_calibration else None,
+    }
+    result = edit_manifest(model, output, changes)
+    if as_json:
+        _print_json(result)
+        return
+    print(f"wrote      {result['output']} (changed: {', '.join(result['changed'])})")
+    print(json.dumps(result["manifest"], indent=2))
+
+
 def eval_command(
     model: Path = typer.Argument(..., help="ONNX model or TensorRT engine."),
     data: Path = typer.Argument(..., help="Labelled data: a folder with one subfolder per label, or a MedMNIST-style .npz."),
@@ -207,15 +315,31 @@ def eval_command(
     threshold: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Operating threshold for binary models (default: the manifest's)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Use at most N images (evenly spread)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw ROC (with the operating point), confusion matrix and reliability diagram into FILE.png (needs matplotlib)."),
+    labels: Optional[str] = typer.Option(None, help="A model without a manifest: its labels in output order (the rest is assumed, with a warning; `export onnx` attaches a manifest for good)."),
 ) -> None:
-    """Evaluate a model on labelled data: accuracy, AUC, sensitivity, specificity, F1, confusion matrix."""
+    """Evaluate a model on labelled data: metrics with 95% intervals, Brier score, calibration error, ROC, confusion matrix."""
     from edgedx import evaluate
-    from edgedx.api import Classifier
+    from edgedx import manifest as manifest_mod
+    from edgedx.api import Classifier, ManifestOverrides
 
     log_to_stderr()
-    with Classifier(model, backend.value, threshold=threshold, batch_size=batch_size) as clf:
+    if plot is not None:
+        from export.to_onnx import require
+
+        require("matplotlib", "pip install matplotlib (or 'edgedx[export]') for --plot")  # before the long run, not after
+    overrides = None
+    if labels is not None:
+        if model.is_file() and manifest_mod.load(model) is not None:
+            raise UsageError(f"{model.name} carries a manifest with its labels; change them in a copy with `edgedx export manifest`")
+        overrides = ManifestOverrides(labels=labels.split(","))
+    with Classifier(model, backend.value, threshold=threshold, batch_size=batch_size, overrides=overrides) as clf:
         dataset = evaluate.load_dataset(data, clf.manifest.labels, split).limit(limit)
         report = evaluate.evaluate(clf, dataset, threshold, batch_size)
+    if plot is not None:
+        from export.plots import plot_report
+
+        report["plot"] = str(plot_report(report, plot))
     if as_json:
         _print_json(report)
         return
@@ -224,11 +348,14 @@ def eval_command(
           + (f"  skipped={report['skipped']}" if report["skipped"] else ""))
     if report["threshold"] is not None:
         print(f"decision     {report['positive_label']} when p >= {report['threshold']:.4f}")
-    keys = ("accuracy", "auc", "sensitivity", "specificity", "f1", "macro_recall")
+    keys = ("accuracy", "auc", "sensitivity", "specificity", "ppv", "npv", "f1", "macro_recall", "brier", "ece")
     for key in keys:
         if key in report:
-            print(f"{key:12} {_num(report[key])}")
+            ci = report.get(f"{key}_ci")
+            print(f"{key:12} {_num(report[key])}" + (f"  95% CI [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""))
     print(_confusion_text(report["labels"], report["confusion"]))
+    if "plot" in report:
+        print(f"plot         {report['plot']}")
 
 
 # -- rendering and option helpers -----------------------------------------------------------------
@@ -249,6 +376,13 @@ def _verify_text(r: dict[str, Any]) -> str:
         if ref.get(key) is not None or cand.get(key) is not None:
             d = r["delta"].get(key)
             lines.append(f"{key:11} {_num(ref.get(key)):>10} {_num(cand.get(key)):>10} {'' if d is None else f'{d:+.4f}':>9}")
+    for item in r.get("flipped", []):
+        lines.append(f"flipped    {item['file']}  (truth {item['truth']}): {_val(item['reference'])} -> {_val(item['candidate'])}")
+    near = r.get("near_threshold")
+    if near and near["count"]:
+        lines.append(f"near       {near['count']} more within {near['margin']} of the threshold (next to flip):")
+        for item in near["files"][:10]:
+            lines.append(f"           {item['file']}  (truth {item['truth']}): {_val(item['reference'])} / {_val(item['candidate'])}")
     g = r["gate"]
     lines.append("gate       PASSED" if g["passed"] else "gate       FAILED: " + "; ".join(g["failures"]))
     return "\n".join(lines)
@@ -270,6 +404,22 @@ def _confusion_text(labels: list[str], confusion: list[list[int]]) -> str:
     head = "confusion    " + "true \\ pred".ljust(width) + "".join(x.rjust(width) for x in labels)
     rows = ["             " + label.ljust(width) + "".join(str(v).rjust(width) for v in row) for label, row in zip(labels, confusion)]
     return "\n".join([head, *rows])
+
+
+def _probability(text: Optional[str], what: str) -> Optional[float]:
+    """A number or fraction in 0..1, or None."""
+    if text is None:
+        return None
+    from export.contract import number
+
+    value = number(text, what)
+    if not 0.0 <= value <= 1.0:
+        raise UsageError(f"{what} must be in 0..1, got {text}")
+    return value
+
+
+def _val(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def _num(value: Any) -> str:
@@ -308,15 +458,6 @@ def _pick(files: list[Path], n: int) -> list[Path]:
     return select_images(files, n)
 
 
-def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(float(x) for x in text.split(","))
-    except ValueError:
-        raise UsageError(f"{what} must be comma-separated numbers, got {text!r}") from None
-
-
 def _size(text: str) -> tuple[int, int]:
     try:
         parts = [int(x) for x in text.lower().split("x")]
@@ -334,51 +475,25 @@ def _json_arg(text: str, what: str) -> Any:
         raise UsageError(f"{what} is not JSON: {exc.msg}") from None
 
 
-def _keras_spec(size, channels, mean, std, scale, resize):
-    """None (the model's own input size, scale 1/255) unless an option overrides it."""
-    if size is None and mean is None and std is None and scale is None and resize is None:
-        return None
-    if size is None:
-        raise UsageError("give --size with --mean/--std/--scale/--resize for a Keras model")
-    from edgedx.preprocess import PreprocessSpec
-
-    w, h = _size(size)
-    try:
-        return PreprocessSpec(width=w, height=h, channels=channels or 3, layout="NHWC", scale=1 / 255 if scale is None else scale,
-                              mean=_floats(mean, "--mean") or (0.0,), std=_floats(std, "--std") or (1.0,), resize=resize or "stretch")
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-
-
-def _torch_manifest(manifest_file, labels, positive, threshold, size, channels, mean, std, scale, resize, activation):
+def _torch_manifest(manifest_file: Optional[Path], given: Any):
+    """A PyTorch source's manifest: from --manifest (plus --accepts), or from the options."""
     from edgedx import manifest as manifest_mod
+    from export.contract import build_manifest
 
     if manifest_file is not None:
-        given = [n for n, v in (("--labels", labels), ("--size", size), ("--mean", mean), ("--std", std)) if v is not None]
-        if given:
-            raise UsageError(f"give --manifest or {', '.join(given)}, not both")
+        stated = [n for n, v in (("--labels", given.labels), ("--size", given.size), ("--mean", given.mean), ("--std", given.std),
+                                 ("--scale", given.scale), ("--interpolation", given.interpolation)) if v is not None]
+        if stated:
+            raise UsageError(f"give --manifest or {', '.join(stated)}, not both")
         try:
-            return manifest_mod.from_json(manifest_file.read_text(encoding="utf-8"), str(manifest_file))
+            found = manifest_mod.from_json(manifest_file.read_text(encoding="utf-8"), str(manifest_file))
         except OSError as exc:
             raise UsageError(f"cannot read {manifest_file}: {exc.strerror}") from None
-    if not labels or not size:
+        return found.with_changes(accepts=dict(given.accepts)) if given.accepts else found
+    if not given.labels or not given.size:
         raise UsageError("a PyTorch model needs --manifest, or --labels and --size (plus --mean/--std/--channels as trained)")
-    w, h = _size(size)
-    if positive is not None and threshold is None:
-        threshold = 0.5
-    data = {
-        "schema_version": manifest_mod.SCHEMA_VERSION,
-        "labels": labels.split(","),
-        "input": {"layout": "NCHW", "height": h, "width": w, "channels": channels or 3},
-        "preprocess": {"resize": resize or "stretch", "scale": 1 / 255 if scale is None else scale,
-                       "mean": list(_floats(mean, "--mean") or (0.0,)), "std": list(_floats(std, "--std") or (1.0,))},
-        "output": {"activation": activation or "softmax"},
-        "positive_label": positive,
-        "threshold": threshold,
-    }
-    try:
-        return manifest_mod.from_dict(data, "command-line options")
-    except Exception as exc:  # ModelError naming each bad field: the user's options
-        raise UsageError(str(exc).replace("invalid manifest in command-line options: ", "")) from None
-
-
+    if given.layout not in (None, "NCHW"):
+        raise UsageError("PyTorch models take NCHW input")
+    w, h = given.size
+    return build_manifest(given, framework="torch", height=h, width=w, channels=given.channels or 3, layout="NCHW",
+                          activation=given.activation or "softmax")

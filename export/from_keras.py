@@ -7,8 +7,10 @@ moves the final softmax/sigmoid into the manifest.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -18,7 +20,11 @@ from edgedx import preprocess
 from edgedx.errors import BackendUnavailable, ModelError, UsageError, first_line
 from edgedx.manifest import Manifest, from_dict
 from edgedx.preprocess import PreprocessSpec
+from export.contract import Given, build_manifest, refuse_same_file
+from export.quiet import quiet
 from export.to_onnx import ImageSource, Tolerance, export_legacy, finish_export, load_images, require
+
+log = logging.getLogger("edgedx")
 
 
 def export_keras(
@@ -29,6 +35,7 @@ def export_keras(
     positive_label: str | None = None,
     threshold: float | None = None,
     spec: PreprocessSpec | None = None,
+    given: Given | None = None,
     provenance: Mapping[str, Any] | None = None,
     images: Sequence[ImageSource] | None = None,
     opset: int = 17,
@@ -39,28 +46,38 @@ def export_keras(
 
     The input stays NHWC, as Keras trained it (the manifest says ``layout: NHWC``); ONNX Runtime and
     TensorRT remove the layout transposes themselves. The model's final sigmoid/softmax is
-    moved into the manifest. ``spec`` defaults to the model's input size with ``scale`` 1/255,
-    mean 0, std 1: the tutorials' ``ImageDataGenerator(rescale=1./255)``.
+    moved into the manifest. Preprocessing defaults to the model's input size, nearest-neighbour
+    resizing (``flow_from_directory``'s) and ``scale`` 1/255, mean 0, std 1 (the tutorials'
+    ``ImageDataGenerator(rescale=1./255)``); when the model has its own ``Rescaling`` or
+    ``Normalization`` layer, edgedx feeds it 0..255 pixels instead (scale 1), and refuses a
+    ``given.scale``/``mean``/``std`` on top unless ``given.force_scale``.
 
     Args:
         labels: in the model's output order (Keras ``flow_from_directory``: sorted folder names).
         positive_label, threshold: binary models; a one-unit sigmoid head scores ``labels[1]``
             (the default positive label) and decides at 0.5 unless told otherwise.
+        spec: the whole preprocessing, as is (overrides ``given``'s preprocessing options).
+        given: command-line options (size, scale, interpolation, accepts, ...); the labels,
+            positive label and threshold above win over its own.
 
     Raises:
         ModelError: a one-unit softmax head (always 1.0), a head without softmax/sigmoid, or a
             label count that does not match the output.
+        UsageError: a scale/mean/std on top of the model's own Rescaling/Normalization layer.
     """
     os.environ["KERAS_BACKEND"] = "torch"  # Keras reads this once, at its first import
-    keras = require("keras")
-    torch = require("torch")
+    with quiet():
+        keras = require("keras")
+        torch = require("torch")
     if keras.backend.backend() != "torch":
         raise BackendUnavailable(f"Keras was imported with the {keras.backend.backend()} backend; export needs KERAS_BACKEND=torch set before keras is imported")
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"model not found: {path}")
+    refuse_same_file(path, Path(output))
     try:
-        model = keras.models.load_model(str(path), compile=False)
+        with quiet():
+            model = keras.models.load_model(str(path), compile=False)
     except Exception as exc:
         raise ModelError(f"Keras cannot load {path}: {first_line(exc)}") from None
     head, activation = _keras_head(model)
@@ -76,18 +93,33 @@ def export_keras(
     shape = tuple(model.inputs[0].shape)
     if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]) or shape[3] not in (1, 3):
         raise ModelError(f"{path.name} has input shape {shape}: expected a fixed-size NHWC image input with 1 or 3 channels")
+    own = scaling_layers(model)
+    given = replace(given or Given(), labels=tuple(labels), positive_label=positive_label, threshold=threshold, activation=activation,
+                    provenance={"source_model": path.name, **dict(provenance or {}), **dict((given.provenance if given else {}) or {}),
+                                **({"scaling_layers": [d for _, d in own]} if own else {})})
     if spec is None:
-        spec = PreprocessSpec(width=shape[2], height=shape[1], channels=shape[3], layout="NHWC", scale=1 / 255, mean=(0.0,), std=(1.0,))
-    elif spec.sample_shape() != shape[1:] or spec.layout.value != "NHWC":
-        raise UsageError(f"the preprocessing gives {spec.layout.value} {spec.sample_shape()} but {path.name} takes NHWC {shape[1:]}")
-    manifest = from_dict({
-        "schema_version": 1, "labels": labels,
-        "input": {"layout": spec.layout.value, "height": spec.height, "width": spec.width, "channels": spec.channels},
-        "preprocess": {"resize": spec.resize.value, "scale": spec.scale, "mean": list(spec.mean), "std": list(spec.std), "pad_value": spec.pad_value},
-        "output": {"activation": activation},
-        "positive_label": positive_label, "threshold": threshold,
-        "provenance": {"source_model": path.name, **dict(provenance or {})},
-    }, "export_keras")
+        _check_scaling(own, given)
+        if given.size is not None and given.size != (shape[2], shape[1]):
+            raise UsageError(f"--size {given.size[0]}x{given.size[1]} but {path.name} takes {shape[2]}x{shape[1]}")
+        if given.channels is not None and given.channels != shape[3]:
+            raise UsageError(f"--channels {given.channels} but {path.name} takes {shape[3]}")
+        if own:
+            log.warning("%s scales its own input (%s): edgedx feeds it 0..255 pixels", path.name, "; ".join(d for _, d in own))
+        manifest = build_manifest(given, framework="keras", height=shape[1], width=shape[2], channels=shape[3], layout="NHWC",
+                                  activation=activation, scale=1.0 if own else 1 / 255)
+        spec = manifest.preprocess
+    else:
+        if spec.sample_shape() != shape[1:] or spec.layout.value != "NHWC":
+            raise UsageError(f"the preprocessing gives {spec.layout.value} {spec.sample_shape()} but {path.name} takes NHWC {shape[1:]}")
+        manifest = from_dict({
+            "schema_version": 1, "labels": labels,
+            "input": {"layout": spec.layout.value, "height": spec.height, "width": spec.width, "channels": spec.channels},
+            "preprocess": {"resize": spec.resize.value, "scale": spec.scale, "mean": list(spec.mean), "std": list(spec.std),
+                           "pad_value": spec.pad_value, "interpolation": spec.interpolation.value, "antialias": spec.antialias},
+            "output": {"activation": activation},
+            "positive_label": positive_label, "threshold": threshold, "accepts": dict(given.accepts or {}),
+            "provenance": dict(given.provenance),
+        }, "export_keras")
     decoded = load_images(images, spec)
 
     def keras_probs(batch: np.ndarray) -> np.ndarray:
@@ -105,6 +137,39 @@ def export_keras(
         info = {"from": f"keras {path.suffix.lstrip('.')}", "exporter": f"keras {keras.__version__} (torch backend), torch {torch.__version__} torchscript"}
         return finish_export(raw, output, manifest, decoded, None, info, opset=opset, simplify=simplify,
                              tolerance=tolerance, source_probs=source_probs)
+
+
+def scaling_layers(model: Any) -> list[tuple[str, str]]:
+    """The model's own ``Rescaling`` and ``Normalization`` layers (nested models too): (kind, description)."""
+    found: list[tuple[str, str]] = []
+    for layer in getattr(model, "layers", []):
+        kind = type(layer).__name__
+        if kind == "Rescaling":
+            found.append(("scale", f"layer {layer.name!r}: Rescaling(scale={_short(layer.scale)}, offset={_short(layer.offset)})"))
+        elif kind == "Normalization":
+            found.append(("normalize", f"layer {layer.name!r}: Normalization(mean={_short(getattr(layer, 'mean', None))}, "
+                                       f"variance={_short(getattr(layer, 'variance', None))})"))
+        elif hasattr(layer, "layers"):
+            found.extend(scaling_layers(layer))
+    return found
+
+
+def _check_scaling(own: list[tuple[str, str]], given: Given) -> None:
+    """Refuse a scale/mean/std given on top of the model's own scaling layer (unless forced)."""
+    if not own or given.force_scale:
+        return
+    options = [name for name, value in (("--scale", given.scale), ("--mean", given.mean), ("--std", given.std)) if value is not None]
+    if options:
+        raise UsageError(f"the model already scales its input ({own[0][1]}); {'/'.join(options)} on top would scale twice. "
+                         "Drop it (edgedx then feeds 0..255 pixels), or give --force-scale if the model really expects scaled input")
+
+
+def _short(value: Any) -> str:
+    if value is None:
+        return "None"
+    arr = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value, np.float64).reshape(-1)
+    text = ", ".join(f"{v:.6g}" for v in arr[:3]) + (", ..." if arr.size > 3 else "")
+    return text if arr.size == 1 else f"[{text}]"
 
 
 def _keras_head(model: Any) -> tuple[Any, str]:

@@ -1,4 +1,5 @@
-"""Model definitions in plain torch (no torchvision): the bundled screening CNN and a small ResNet."""
+"""Model definitions in plain torch (no torchvision): the bundled screening CNN, a small ResNet, and
+torchvision-layout ResNet-18/34/50 (their state dicts load by name)."""
 
 from __future__ import annotations
 
@@ -83,3 +84,106 @@ class ResNet(nn.Module):
 
 
 ARCHITECTURES = {"screening_cnn": ScreeningCNN, "resnet": ResNet}
+
+
+# -- torchvision's ResNet layout (parameter names match torchvision.models.resnet*, no torchvision needed) --
+
+
+class TVBasicBlock(nn.Module):
+    """torchvision's ``BasicBlock``: conv1/bn1, conv2/bn2, optional downsample."""
+
+    expansion = 1
+
+    def __init__(self, cin: int, width: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, width, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(width, width, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + skip)
+
+
+class TVBottleneck(nn.Module):
+    """torchvision's ``Bottleneck`` (ResNet v1.5: the stride sits in the 3x3 convolution)."""
+
+    expansion = 4
+
+    def __init__(self, cin: int, width: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, width * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(width * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.relu(self.bn3(self.conv3(out)) + skip)
+
+
+class TorchvisionResNet(nn.Module):
+    """A ResNet whose state dict keys are torchvision's (``conv1.weight``, ``layer1.0.bn1.running_mean``, ``fc.bias``).
+
+    Args:
+        block: :class:`TVBasicBlock` (ResNet-18/34) or :class:`TVBottleneck` (ResNet-50).
+        layers: blocks per stage, e.g. (2, 2, 2, 2) for ResNet-18.
+        num_classes: the ``fc`` layer's outputs.
+        in_channels: 3 for ImageNet-style models; 1 where ``conv1`` was replaced for gray input.
+    """
+
+    def __init__(self, block: type[nn.Module], layers: tuple[int, ...], num_classes: int = 1000, in_channels: int = 3) -> None:
+        super().__init__()
+        self.inplanes = 64
+        self.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.layer1 = self._stage(block, 64, layers[0], 1)
+        self.layer2 = self._stage(block, 128, layers[1], 2)
+        self.layer3 = self._stage(block, 256, layers[2], 2)
+        self.layer4 = self._stage(block, 512, layers[3], 2)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(512 * block.expansion, num_classes)
+
+    def _stage(self, block: type[nn.Module], width: int, blocks: int, stride: int) -> nn.Sequential:
+        out = width * block.expansion
+        downsample = None
+        if stride != 1 or self.inplanes != out:
+            downsample = nn.Sequential(nn.Conv2d(self.inplanes, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+        stage = [block(self.inplanes, width, stride, downsample)]
+        self.inplanes = out
+        stage += [block(out, width) for _ in range(1, blocks)]
+        return nn.Sequential(*stage)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def resnet18(num_classes: int = 1000, in_channels: int = 3) -> TorchvisionResNet:
+    return TorchvisionResNet(TVBasicBlock, (2, 2, 2, 2), num_classes, in_channels)
+
+
+def resnet34(num_classes: int = 1000, in_channels: int = 3) -> TorchvisionResNet:
+    return TorchvisionResNet(TVBasicBlock, (3, 4, 6, 3), num_classes, in_channels)
+
+
+def resnet50(num_classes: int = 1000, in_channels: int = 3) -> TorchvisionResNet:
+    return TorchvisionResNet(TVBottleneck, (3, 4, 6, 3), num_classes, in_channels)
+
+
+ARCHITECTURES.update(resnet18=resnet18, resnet34=resnet34, resnet50=resnet50)
+#: Architectures whose class count and input channels are read from the state dict itself.
+SHAPED_BY_WEIGHTS = {"resnet18", "resnet34", "resnet50"}

@@ -27,7 +27,6 @@ import hashlib
 import inspect
 import logging
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -43,6 +42,8 @@ from edgedx.evaluate import Gate, GateFailed
 from edgedx.manifest import Manifest
 from export.options import Method, Target
 from export.to_onnx import Tolerance, compare, load_images, require, save_with_manifest
+
+from export.quiet import quiet
 
 log = logging.getLogger("edgedx")
 
@@ -189,7 +190,8 @@ def quantize(
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="edgedx-quant-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(onnx_in), str(prepared))
+        with quiet():
+            quant_pre_process(str(onnx_in), str(prepared))
         model = onnx.load(str(prepared))
         if _name_nodes(model):  # --exclude and the float input layer name nodes
             onnx.save(model, str(prepared))
@@ -208,7 +210,7 @@ def quantize(
                 log.warning("this onnxruntime has no calibration cache (quantize_static(calibration_cache_path=...)); calibrating on every run")
         hit = cache_path is not None and cache_path.is_file()
         raw_out = Path(tmp) / "quantized.onnx"
-        with contextlib.redirect_stdout(sys.stderr), _calibration_errors(reader):  # the calibrators print progress
+        with quiet(), _calibration_errors(reader):  # the calibrators print progress (shown with -v)
             q.quantize_static(
                 str(prepared),
                 str(raw_out),
@@ -404,7 +406,7 @@ def _manifest_of(path: Path) -> Manifest:
         raise ModelError(f"model not found: {path}")
     found = manifest_mod.load(path)
     if found is None:
-        raise ModelError(f"{path} carries no edgedx manifest: export it with `edgedx export onnx` first")
+        raise ModelError(f"{path} carries no edgedx manifest: export it with `edgedx export onnx {path.name} --labels ... -o OUT.onnx` first (it takes an existing ONNX too)")
     return found
 
 

@@ -23,12 +23,9 @@ own decoding and preprocessing, and fails with :class:`ExportMismatch` past the 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import tempfile
 import time
-import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +37,8 @@ from edgedx import decode, postprocess, preprocess
 from edgedx.errors import BackendUnavailable, ModelError, UsageError, first_line
 from edgedx.manifest import METADATA_KEY, Manifest
 from edgedx.preprocess import PreprocessSpec
+
+from export.quiet import quiet
 
 log = logging.getLogger("edgedx")
 
@@ -99,22 +98,20 @@ def load_torch_source(source: Any, architecture: str | None = None, arch_kwargs:
     except (RuntimeError, ValueError, OSError, zipfile.BadZipFile) as exc:
         raise ModelError(f"cannot load {path} (state dict, TorchScript or .pt2 ExportedProgram): {first_line(exc)}") from None
     except Exception as exc:  # weights_only refuses pickled code with UnpicklingError
-        raise ModelError(f"cannot load {path} with weights_only=True ({type(exc).__name__}); "
-                         "save a state dict (model.state_dict()), TorchScript or torch.export archive") from None
+        raise ModelError(f"{path.name} holds pickled Python objects (a whole model saved with torch.save(model)?), which edgedx does not "
+                         f"unpickle (torch.load weights_only=True refused it: {type(exc).__name__}). In Python, where the class is importable: "
+                         "torch.save(model.state_dict(), 'weights.pt'), then `edgedx export onnx weights.pt --arch path/to/file.py:ClassName`") from None
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
             state = state[key]
     if not isinstance(state, Mapping):
         raise ModelError(f"{path} holds a {type(state).__name__}, not a state dict")
-    from export.models import ARCHITECTURES
+    from export import arch
 
-    if architecture not in ARCHITECTURES:
-        raise UsageError(f"{path.name} is a state dict: name its architecture (--arch), one of {sorted(ARCHITECTURES)}")
-    module = ARCHITECTURES[architecture](**dict(arch_kwargs or {}))
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ModelError(f"{path.name} does not fit {architecture}({dict(arch_kwargs or {})}): {first_line(exc)}") from None
+    if architecture is None:
+        raise UsageError(f"{path.name} is a state dict (weights only): name its architecture, the class to load it into, with --arch: "
+                         + arch.ARCH_HELP.format(names=", ".join(arch.names())))
+    module = arch.build(architecture, state, arch_kwargs)
     return module, "state_dict"
 
 
@@ -197,8 +194,7 @@ def export_legacy(model: Any, example: Any, path: Path, opset: int, dynamic_batc
     torch = require("torch")
     axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
+        with quiet():
             torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                               opset_version=opset, dynamic_axes=axes, do_constant_folding=True, dynamo=False)
     except Exception as exc:
@@ -213,8 +209,7 @@ def _export_program(program: Any, example: Any, path: Path, opset: int) -> int:
         log.warning("ExportedProgram: the dynamo exporter writes opset >= 18; using 18 instead of %d", opset)
         opset = 18
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
+        with quiet():
             onnx_program = torch.onnx.export(program, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                              opset_version=opset, dynamo=True)
             onnx_program.save(str(path))
@@ -254,17 +249,21 @@ def finish_export(
     if simplify:
         model = simplify_model(model)
         info["simplified"] = True
+    initializers = {t.name for t in model.graph.initializer}
     manifest = manifest.with_changes(
-        input_name=model.graph.input[0].name,
+        input_name=next(i.name for i in model.graph.input if i.name not in initializers),
         output_name=model.graph.output[0].name,
         precision="fp32",
         provenance={**dict(manifest.provenance), "export": {**info, "opset": opset, "date": time.strftime("%Y-%m-%d")}},
     )
-    save_with_manifest(model, output, manifest)
     if source_probs is None:
         assert run_source is not None
         source_probs = _source_probabilities(run_source, images, manifest, source_batch)
-    comparison = compare(output, images, source_probs, tolerance)
+    from export.contract import staged
+
+    with staged(output) as tmp:  # a failed check leaves nothing at ``output``
+        save_with_manifest(model, tmp, manifest)
+        comparison = compare(tmp, images, source_probs, tolerance)
     from edgedx.api import file_sha256
 
     return {"output": str(output), "sha256": file_sha256(output), "bytes": output.stat().st_size, "opset": opset,
@@ -359,7 +358,7 @@ def compare(onnx_path: str | Path, images: list[np.ndarray], source_probs: np.nd
     if err > tolerance.atol or agreement < tolerance.min_agreement:
         raise ExportMismatch(f"ONNX Runtime differs from the source model on {len(images)} images: max abs probability "
                              f"error {err:.3g} (tolerance {tolerance.atol:g}), top-1 agreement {agreement:.3f} "
-                             f"(required {tolerance.min_agreement:g}); the export is at {onnx_path}")
+                             f"(required {tolerance.min_agreement:g}); nothing was written")
     return result
 
 

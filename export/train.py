@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from edgedx import decode, metrics, preprocess
+from edgedx.calibration import fit_platt
 from edgedx.preprocess import PreprocessSpec
 from export.models import ScreeningCNN
 
@@ -215,36 +216,6 @@ def recalibrate_batchnorm(model: nn.Module, data: Dataset, spec: PreprocessSpec,
     for m in norms:
         m.momentum = 0.1
     model.eval()
-
-
-def fit_platt(margin: np.ndarray, positive: np.ndarray, prior: float = 1.0) -> tuple[float, float]:
-    """Logistic fit p = sigmoid(a * margin + b) (margin: positive minus other logit).
-
-    Newton's method with a backtracking line search on the penalized log-loss; a Gaussian prior pulls
-    (a, b) toward the identity (1, 0), so a small or separable validation set cannot send the scale to
-    infinity. a is kept within [0.05, 20] all the same.
-    """
-    x = np.stack([margin, np.ones_like(margin)], 1)
-    y = positive.astype(np.float64)
-    centre = np.array([1.0, 0.0])
-
-    def loss(w: np.ndarray) -> float:
-        z = x @ w
-        return float(np.sum(np.logaddexp(0.0, z) - y * z) + 0.5 * prior * np.sum((w - centre) ** 2))
-
-    w = centre.copy()
-    for _ in range(100):
-        p = 0.5 * (1.0 + np.tanh(0.5 * (x @ w)))  # a sigmoid that cannot overflow
-        grad = x.T @ (p - y) + prior * (w - centre)
-        hess = (x * (p * (1 - p))[:, None]).T @ x + prior * np.eye(2)
-        step = np.linalg.solve(hess, grad)
-        t, current = 1.0, loss(w)
-        while loss(w - t * step) > current - 1e-4 * t * grad @ step and t > 1e-8:
-            t *= 0.5
-        w = w - t * step
-        if np.abs(t * step).max() < 1e-10:
-            break
-    return float(np.clip(w[0], 0.05, 20.0)), float(w[1])
 
 
 def fold_platt(model: ScreeningCNN, a: float, b: float, pos_index: int) -> None:

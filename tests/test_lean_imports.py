@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-HEAVY = ("torch", "tensorflow", "keras", "tensorrt", "tensorrt_lean", "tensorrt_rtx", "cuda", "pycuda", "onnxruntime", "openvino", "pydicom", "onnx", "tritonclient", "grpc", "gevent", "ray", "pyarrow")
+HEAVY = ("torch", "tensorflow", "keras", "tensorrt", "tensorrt_lean", "tensorrt_rtx", "cuda", "pycuda", "onnxruntime", "openvino", "pydicom", "onnx", "tritonclient", "grpc", "gevent", "ray", "pyarrow", "matplotlib")
 
 
 def loaded_after(statement: str) -> set[str]:
@@ -35,3 +35,8 @@ def test_archive_scale_modules_load_no_ray_or_pyarrow():
     assert not mods & {"ray", "pyarrow", "pydicom"}, mods & {"ray", "pyarrow", "pydicom"}
     mods = loaded_after("import edgedx.api")
     assert not mods & {"ray", "pyarrow"}
+
+
+def test_calibration_and_interval_metrics_are_numpy_only():
+    mods = loaded_after("import edgedx.calibration, edgedx.postprocess, edgedx.metrics, edgedx.evaluate")
+    assert not mods & set(HEAVY), mods & set(HEAVY)
