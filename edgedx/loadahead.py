@@ -33,7 +33,7 @@ WORKER_NICE = 5
 class _Task(Generic[T, R]):
     """One unit of work that exactly one thread runs: a worker, or the consumer when it gets there first."""
 
-    __slots__ = ("_fn", "_arg", "_lock", "_claimed", "_done", "_value", "_error")
+    __slots__ = ("_arg", "_claimed", "_done", "_error", "_fn", "_lock", "_value")
 
     def __init__(self, fn: Callable[[T], R], arg: T) -> None:
         self._fn, self._arg = fn, arg

@@ -17,10 +17,9 @@ import hashlib
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
-from itertools import islice
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 
@@ -32,7 +31,7 @@ from edgedx.loadahead import WORKER_NICE, ordered_map
 from edgedx.manifest import Manifest
 from edgedx.results import Result, RunFacts
 
-Source = Union[str, Path, np.ndarray]
+Source = str | Path | np.ndarray
 
 #: Inputs a load-ahead worker takes at a time (capped at the batch size).
 LOAD_CHUNK = 4
