@@ -34,7 +34,7 @@ def log(msg: str) -> None:
 
 
 def select_files(images: Path, count: int) -> list[Path]:
-    """``count`` files spread evenly over the sorted folder (so NORMAL and PNEUMONIA both appear).
+    """``count`` files spread evenly over the sorted folder (so NORMAL and PNEUMONIA both appear); 0: all.
 
     Deterministic: the same folder and count always give the same files in the same order.
     """
@@ -42,7 +42,7 @@ def select_files(images: Path, count: int) -> list[Path]:
     found = sorted(p for p in Path(images).rglob("*") if p.suffix.lower() in exts and p.is_file())
     if not found:
         raise SystemExit(f"no images under {images}: pass --images DIR")
-    if count >= len(found):
+    if count <= 0 or count >= len(found):
         return found
     step = len(found) / count
     return [found[int(i * step)] for i in range(count)]

@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 
 from benchmarks import _common as C
+from benchmarks import _openvino as OV
 from benchmarks import _report as R
 from edgedx.backends.base import cpu_count
 from edgedx.bench import BenchResult, bench_files, bench_model, first_image, summarize_ms
@@ -50,6 +51,8 @@ class Config:
     warmup: int
     batches: tuple[int, ...]
     e2e_batch: int
+    e2e_files: list[Path]
+    e2e_reps: int = 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         warmup=3 if args.quick else 10,
         batches=tuple(int(b) for b in args.batch_sizes.split(",")),
         e2e_batch=args.e2e_batch,
+        e2e_files=files if args.e2e_files is None else C.select_files(args.images, args.e2e_files),
+        e2e_reps=args.e2e_reps,
     )
     models = {p: m for p, m in (("fp32", args.model_fp32), ("int8", args.model_int8)) if m is not None}
     notes = [f"{p}: {m} not found, rows skipped" for p, m in models.items() if not m.is_file()]
@@ -73,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(files)} files, {cfg.threads} threads, {cfg.duration_s:g} s per row; models: {', '.join(map(str, models.values()))}"
     )
     out: dict[str, Any] = {"machine": C.machine_info(), "notes": notes, "rows": []}
-    out["config"] = {**asdict(cfg), "files": len(files), "images": str(args.images), "quick": args.quick}
+    out["config"] = {**asdict(cfg), "files": len(files), "e2e_files": len(cfg.e2e_files), "images": str(args.images), "quick": args.quick}
     C.log("measuring matrix-multiply peaks")
     peaks_start = C.matmul_peaks(cfg.threads, repeats=2 if args.quick else 5)
     out["models"] = {p: {"path": str(m), **C.count_flops(m), "norm": C.read_norm(m)} for p, m in models.items()}
@@ -85,10 +90,14 @@ def main(argv: list[str] | None = None) -> int:
         for b in cfg.batches:  # edgedx and bare ORT back to back, so drift hits both alike
             rows.append(edgedx_model(path, b, cfg))
             rows.append(ort_model(path, prec, b, cfg, np.repeat(batch1, b, 0)))
-        rows.append(edgedx_e2e(path, cfg))
-        rows.append(serial_e2e(path, prec, cfg, norm))
+        for rep in range(cfg.e2e_reps):  # interleaved, alternating which goes first, so drift hits both alike
+            pair = [lambda: edgedx_e2e(path, cfg), lambda: serial_e2e(path, prec, cfg, norm)]
+            for run_row in pair[:: 1 if rep % 2 == 0 else -1]:
+                rows.append({**run_row(), "rep": rep})
+    out["openvino_agreement"] = {}
     for prec, path in models.items():
-        rows.extend(openvino_model(path, prec, cfg, plain_batch(files[0], out["models"][prec]["norm"], 1)))
+        rows.extend(OV.rows(path, prec, cfg, plain_batch(files[0], out["models"][prec]["norm"], 1), _row, _model_result, _skipped))
+        out["openvino_agreement"][prec] = OV.agreement(path, files, cfg.threads)
     norm = out["models"].get("fp32", next(iter(out["models"].values())))["norm"]
     rows.extend(torch_rows(args.torch_state, cfg, norm))
     C.log("measuring matrix-multiply peaks again (the best of start and end is kept)")
@@ -139,9 +148,9 @@ def edgedx_model(path: Path, batch: int, cfg: Config) -> dict[str, Any]:
 
 def edgedx_e2e(path: Path, cfg: Config) -> dict[str, Any]:
     """Includes: read, decode, preprocess (worker threads), inference, postprocess. Excludes: start-up, one warm-up batch."""
-    C.log(f"edgedx end-to-end b{cfg.e2e_batch} {path.name}")
+    C.log(f"edgedx end-to-end b{cfg.e2e_batch} {path.name} ({len(cfg.e2e_files)} files)")
     with _classifier(path, cfg.e2e_batch, cfg) as clf:
-        r = bench_files(clf, cfg.files)
+        r = bench_files(clf, cfg.e2e_files)
         r.backend_detail["workers"] = clf.workers
     return _row("edgedx", r)
 
@@ -193,7 +202,7 @@ def ort_model(path: Path, prec: str, batch: int, cfg: Config, x: np.ndarray) -> 
 def serial_e2e(path: Path, prec: str, cfg: Config, norm: dict[str, Any]) -> dict[str, Any]:
     """Includes: cv2.imread (gray), cv2.resize, numpy normalize, np.stack, ORT run, softmax, one thread of
     Python. Excludes: session start-up and one warm-up batch (as edgedx end-to-end)."""
-    C.log(f"serial loop end-to-end b{cfg.e2e_batch} {path.name}")
+    C.log(f"serial loop end-to-end b{cfg.e2e_batch} {path.name} ({len(cfg.e2e_files)} files)")
     sess = _ort_session(path, cfg.threads)
     name, outs = sess.get_inputs()[0].name, [sess.get_outputs()[0].name]
     size, scale, mean, std = (norm["width"], norm["height"]), norm["scale"], norm["mean"], norm["std"]
@@ -214,7 +223,7 @@ def _e2e(
     path: Path, backend: str, prec: str, cfg: Config, run_batch: Callable[[list[Path]], Any], detail: dict
 ) -> BenchResult:
     """Time ``run_batch`` over the files in batches, like edgedx.bench.bench_files: per-batch latency, total throughput."""
-    b, files = cfg.e2e_batch, cfg.files
+    b, files = cfg.e2e_batch, cfg.e2e_files
     run_batch(files[:b])
     per_batch = []
     t_start = time.perf_counter()
@@ -254,51 +263,6 @@ def _model_result(path: Path, backend: str, prec: str, batch: int, samples: list
 
 
 # -- OpenVINO and PyTorch --------------------------------------------------------------------------
-
-
-def openvino_model(path: Path, prec: str, cfg: Config, x1: np.ndarray) -> list[dict[str, Any]]:
-    """Includes: InferRequest.infer on a static-shape model (reshaped to each batch), default CPU config.
-    Excludes: read/reshape/compile. Threads: OpenVINO's own choice (recorded)."""
-    try:
-        import openvino as ov
-    except ImportError:
-        return [_skipped("openvino", prec, b, "openvino not installed (pip install openvino)") for b in cfg.batches]
-    core, rows = ov.Core(), []
-    ref = _ort_session(path, cfg.threads)
-    for b in cfg.batches:
-        C.log(f"openvino model-only b{b} {path.name}")
-        model = core.read_model(str(path))
-        model.reshape({model.inputs[0]: ov.PartialShape([b, *x1.shape[1:]])})
-        compiled = core.compile_model(model, "CPU")
-        req, x = compiled.create_infer_request(), np.repeat(x1, b, 0)
-        samples = C.time_loop(lambda r=req, x=x: r.infer({0: x}), duration_s=cfg.duration_s, warmup=cfg.warmup)
-        got = req.get_output_tensor(0).data.copy()
-        want = ref.run(None, {ref.get_inputs()[0].name: x})[0]
-        detail = {
-            "openvino": ov.__version__,
-            "max_abs_logit_diff_vs_onnxruntime": float(np.abs(got - want).max()),
-            **_ov_properties(compiled),
-        }
-        rows.append(_row("openvino", _model_result(path, "openvino", prec, b, samples, detail)))
-    return rows
-
-
-def _ov_properties(compiled) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key in ("INFERENCE_PRECISION_HINT", "PERFORMANCE_HINT", "INFERENCE_NUM_THREADS", "NUM_STREAMS"):
-        try:
-            value = compiled.get_property(key)
-            out[key] = value.get_type_name() if hasattr(value, "get_type_name") else str(value)
-        except Exception:  # noqa: BLE001 - a property this version does not report
-            out[key] = None
-    conv: dict[str, int] = {}
-    for op in compiled.get_runtime_model().get_ordered_ops():
-        info = op.get_rt_info()
-        if "layerType" in info and info["layerType"].astype(str) in ("Convolution", "FullyConnected"):
-            key = info["runtimePrecision"].astype(str)
-            conv[key] = conv.get(key, 0) + 1
-    out["conv_fc_runtime_precision"] = conv
-    return out
 
 
 def torch_rows(state: Path | None, cfg: Config, norm: dict[str, Any]) -> list[dict[str, Any]]:
@@ -384,6 +348,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="inference threads (default: usable cores)")
     p.add_argument("--batch-sizes", default="1,8", help="model-only batch sizes")
     p.add_argument("--e2e-batch", type=int, default=8)
+    p.add_argument("--e2e-files", type=int, default=None, help="files for end-to-end rows (default: --files; 0: every file)")
+    p.add_argument("--e2e-reps", type=int, default=1, help="interleaved edgedx / serial-loop end-to-end pairs per model")
     p.add_argument("--torch-state", type=Path, default=C.ROOT / "runs" / "default" / "model.pt")
     p.add_argument("--quick", action="store_true", help="short rows, fewer files: checks the script, not the machine")
     p.add_argument("--strict", action="store_true", help="exit 1 when a goal check fails")

@@ -18,11 +18,9 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from itertools import islice
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 
@@ -31,12 +29,13 @@ from edgedx.audit import AuditLog
 from edgedx.backends import Session
 from edgedx.errors import EdgedxError, UsageError
 from edgedx.inputs import BytesSource, error_kind
+from edgedx.loadahead import WORKER_NICE, ordered_map
 from edgedx.manifest import Manifest
 from edgedx.results import Result, RunFacts
 
 log = logging.getLogger("edgedx")
 
-Source = Union[str, Path, np.ndarray, BytesSource]
+Source = str | Path | np.ndarray | BytesSource
 
 #: Inputs a load-ahead worker takes at a time (capped at the batch size).
 LOAD_CHUNK = 4
@@ -83,6 +82,7 @@ class PipelineConfig:
         decode_options: what the decoder may skip or must refuse.
         dicom_uids: put each DICOM input's Study/Series/SOP Instance UIDs in its records.
         float_range: the value range of float numpy frames, mapped onto the 0..255 pixel domain.
+        worker_nice: how much lower the load-ahead workers' priority is than inference's (0: same).
     """
 
     batch_size: int
@@ -92,6 +92,7 @@ class PipelineConfig:
     decode_options: decode.DecodeOptions = field(default_factory=decode.DecodeOptions)
     dicom_uids: bool = False
     float_range: tuple[float, float] = (0.0, 255.0)
+    worker_nice: int = WORKER_NICE
 
 
 class Pipeline:
@@ -127,28 +128,17 @@ class Pipeline:
     def load_ahead(self, sources: Iterable[Source], workers: int) -> Iterator[list[Item]]:
         """Decoded, gated and resized inputs, in order, ``workers`` threads ahead of the caller.
 
-        Workers take runs of up to :data:`LOAD_CHUNK` inputs at a time (one task per input cost
-        more in thread hand-offs than a small image costs to decode). At most
-        ``2 * workers + 1`` runs are in flight, so memory stays flat whatever the number of inputs.
+        Workers take runs of up to :data:`LOAD_CHUNK` inputs at a time (one task per input costs
+        more in thread hand-offs than a small image costs to decode), at most ``2 * workers + 1``
+        runs ahead, so memory stays flat whatever the number of inputs. They yield the cores to
+        inference, and the caller loads a run itself when no worker has started it
+        (:mod:`edgedx.loadahead`).
         """
-        if workers <= 0:
-            yield from (self.load(i, s) for i, s in enumerate(sources))
-            return
         size = max(1, min(LOAD_CHUNK, self.config.batch_size))
         numbered = enumerate(sources)
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="edgedx-decode")
-        pending: deque[Future[list[list[Item]]]] = deque()
-        try:
-            while run := list(islice(numbered, size)):
-                pending.append(pool.submit(self._load_run, run))
-                if len(pending) > 2 * workers:
-                    yield from pending.popleft().result()
-            while pending:
-                yield from pending.popleft().result()
-        finally:
-            for f in pending:
-                f.cancel()
-            pool.shutdown(wait=True, cancel_futures=True)
+        runs = iter(lambda: list(islice(numbered, size)), [])
+        for loaded in ordered_map(self._load_run, runs, workers=workers, ahead=2 * workers + 1, nice=self.config.worker_nice):
+            yield from loaded
 
     def _load_run(self, run: list[tuple[int, Source]]) -> list[list[Item]]:
         return [self.load(i, s) for i, s in run]
