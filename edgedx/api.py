@@ -125,7 +125,7 @@ class Classifier:
             raise UsageError(f"threshold must be in [0, 1], got {threshold}")
         limits.check_count("batch size", batch_size, limits.BATCH_SIZE)
         limits.check_count("workers", workers, limits.WORKERS)
-        limits.check_count("threads", (session_options or SessionOptions()).threads, limits.THREADS)
+        limits.check_count("threads", (session_options or SessionOptions()).threads, limits.thread_bounds())
         self.model_path = Path(model) if model is not None else bundled.default_model(backend)
         if not self.model_path.is_file():
             raise ModelError(f"model not found: {self.model_path}")

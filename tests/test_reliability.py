@@ -197,7 +197,7 @@ def test_file_size_limit_applies_to_bytes_too():
 @pytest.mark.parametrize(
     "option, message",
     [
-        (["--threads", "100000"], "threads must be an integer between 1 and 256"),
+        (["--threads", "100000"], "threads must be an integer between 1 and "),
         (["--workers", "100000"], "workers must be an integer between 0 and 64"),
         (["--batch-size", "1000000"], "batch size must be an integer between 1 and 1,024"),
         (["--max-file-size", "lots"], "a size must be a number of bytes"),
@@ -300,3 +300,13 @@ def test_console_script_entry_installs_handlers_before_the_cli():
         cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert proc.returncode == 0 and "classify" in proc.stdout
+
+
+def test_thread_bound_follows_the_cores(monkeypatch):
+    from edgedx import limits
+    from edgedx.backends import base
+
+    monkeypatch.setattr(base, "cpu_count", lambda: 2)
+    assert limits.thread_bounds() == (1, 8)
+    monkeypatch.setattr(base, "cpu_count", lambda: 12)
+    assert limits.thread_bounds() == (1, 48)
