@@ -5,7 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-HEAVY = ("torch", "tensorflow", "keras", "tensorrt", "tensorrt_lean", "cuda", "pycuda", "onnxruntime", "pydicom", "onnx")
+HEAVY = ("torch", "tensorflow", "keras", "tensorrt", "tensorrt_lean", "cuda", "pycuda", "onnxruntime", "pydicom", "onnx",
+         "simplejpeg", "cv2")
 
 
 def loaded_after(statement: str) -> set[str]:
@@ -27,3 +28,10 @@ def test_api_import_loads_no_gpu_or_training_stack():
 def test_help_runs_without_loading_backends():
     r = subprocess.run([sys.executable, "-m", "edgedx", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "classify" in r.stdout
+
+
+def test_strict_jpeg_decoder_loads_on_first_jpeg_only():
+    mods = loaded_after("import edgedx.decode, edgedx.jpeg, edgedx.outputs, edgedx.limits")
+    assert "simplejpeg" not in mods
+    mods = loaded_after("import edgedx.decode as d, cv2; d.decode_bytes(cv2.imencode('.jpg', __import__('numpy').zeros((8, 8), 'uint8'))[1].tobytes())")
+    assert "simplejpeg" in mods
