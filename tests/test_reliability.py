@@ -231,24 +231,22 @@ def _caught_signals(pid: int) -> int:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-@pytest.mark.parametrize("delay", ["first", 0.3, 0.6])
+@pytest.mark.parametrize("delay", [0, 0.05, 0.2, 0.5])
 def test_an_early_signal_exits_130_without_a_traceback(model, scans, signum, delay):
-    """``first``: the moment edgedx's own code has installed its handlers (Python's start-up
-    before that, about 0.05 s, cannot be helped); then during the CLI's imports and the model load."""
-    if delay == "first" and not Path("/proc/self/status").exists():
+    """From the moment edgedx's own code has installed its handlers (Python's start-up before that,
+    about 0.05 s on an idle machine, cannot be helped), ``delay`` seconds later: during the CLI's
+    imports, the model load, or the run."""
+    if not Path("/proc/self/status").exists():
         pytest.skip("needs /proc to see when the handlers are installed")
     started = time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, "-m", "edgedx", "classify", *map(str, scans * 50), "--json", "-m", str(model)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    if delay == "first":
-        while not _caught_signals(proc.pid) & (1 << (signal.SIGTERM - 1)) and time.monotonic() - started < 10:
-            time.sleep(0.0005)
-        installed_after = time.monotonic() - started
-        assert installed_after < 5
-    else:
-        time.sleep(delay)
+    while not _caught_signals(proc.pid) & (1 << (signal.SIGTERM - 1)) and time.monotonic() - started < 30:
+        time.sleep(0.0005)
+    assert time.monotonic() - started < 30
+    time.sleep(delay)
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=60)
     if proc.returncode == 0:  # the run finished before the signal: nothing to check
