@@ -30,6 +30,8 @@ BATCH_SIZE = (1, 1024)
 TOP_K = (1, 1000)
 ITERATIONS = (1, 10_000_000)
 WARMUP = (0, 100_000)
+#: Seconds of ``bench --duration``.
+DURATION = (0.1, 86_400.0)
 
 
 def thread_bounds() -> tuple[int, int]:
@@ -50,6 +52,20 @@ def check_count(name: str, value: int | None, bounds: tuple[int, int]) -> None:
     low, high = bounds
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise UsageError(f"{name} must be an integer between {low:,} and {high:,}, got {value!r}")
+
+
+def check_number(name: str, value: float | None, bounds: tuple[float, float]) -> None:
+    """Refuse a number outside ``bounds``, NaN included (click's FloatRange lets NaN through: every
+    comparison with NaN is false, and ``bench --duration nan`` then never ended; found by fuzzing).
+
+    Raises:
+        UsageError: ``name must be a number between LO and HI, got VALUE``.
+    """
+    if value is None:
+        return
+    low, high = bounds
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise UsageError(f"{name} must be a number between {low:g} and {high:g}, got {value!r}")
 
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgGtT]?)(i?[bB])?\s*$")

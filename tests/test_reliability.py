@@ -219,6 +219,14 @@ def test_bench_counts_are_bounded(model):
     assert proc.returncode == 2 and "Invalid value for '--iterations'" in proc.stderr
 
 
+@pytest.mark.parametrize("value", ["nan", "-nan", "inf"])
+def test_bench_duration_nan_is_refused_not_endless(model, value):
+    """Found by the cli fuzz target: click's FloatRange lets NaN through and the benchmark never ended."""
+    proc = edgedx("bench", "-m", model, "--duration", value, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--duration must be a number between 0.1 and 86400" in proc.stderr or "Invalid value for '--duration'" in proc.stderr
+
+
 def _caught_signals(pid: int) -> int:
     """The process's caught-signal mask (Linux /proc), 0 when it cannot be read."""
     try:
