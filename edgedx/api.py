@@ -83,7 +83,7 @@ class Classifier:
             raise UsageError(f"threshold must be in [0, 1], got {threshold}")
         limits.check_count("batch size", batch_size, limits.BATCH_SIZE)
         limits.check_count("workers", workers, limits.WORKERS)
-        limits.check_count("threads", (session_options or SessionOptions()).threads, limits.THREADS)
+        limits.check_count("threads", (session_options or SessionOptions()).threads, limits.thread_bounds())
         self.requested_backend = backend
         self.threshold = threshold
         self.workers = cpu_count() if workers is None else workers

@@ -337,6 +337,9 @@ def bench(
         return
     if model and engine:
         raise UsageError("give --model or --engine, not both")
+    from edgedx import limits
+
+    limits.check_number("--duration", duration, limits.DURATION)  # NaN passes click's range check
     if iterations is None and duration is None:
         iterations = 200
     # Model-only timing runs no decode threads: inference gets the cores to itself, as in a bare session.

@@ -4,8 +4,10 @@ Output contract (what :mod:`edgedx.preprocess` accepts): HxW (gray) or HxWx3 (RG
 uint8, uint16, or float32 in the 0..255 display range, never NaN or infinite.
 
 The format is recognised from the content, never from the extension; only regular files are read.
-Raster images (PNG, JPEG, TIFF, BMP) are decoded by OpenCV; DICOM by :mod:`edgedx.dicom`, which
-imports pydicom on first use. Image dimensions are read from the header and checked against
+PNG, TIFF and BMP are decoded by OpenCV; 8-bit JPEG by libjpeg-turbo in strict mode
+(:mod:`edgedx.jpeg`: corrupt or truncated scans are errors, the pixels are OpenCV's); DICOM by
+:mod:`edgedx.dicom`, which imports pydicom on first use. Files are read only when regular and no
+larger than ``max_file_size``. Image dimensions are read from the header and checked against
 ``max_pixels`` before any pixel is decoded, so a decompression bomb is refused without allocating
 it; PNG chunk lengths and JPEG scan counts are checked too (docs/fuzzing.md). Given the model's
 input size, JPEGs are decoded at reduced scale where that matches a full decode (:func:`reduction`).

@@ -5,6 +5,10 @@ file's VOI LUT or first window, else the frame's min..max) onto float32 0..255, 
 inverted so that bone is bright as in MONOCHROME2. Color (RGB, YBR_FULL*, YBR_ICT/RCT, PALETTE
 COLOR): uint8 RGB.
 
+8-bit JPEG Baseline/Extended frames are decoded by :func:`edgedx.jpeg.decode` (strict, in the base
+install); other compressed syntaxes by pydicom's decoders (the ``[dicom]`` extra). A valid Modality
+LUT of any bit depth is applied here (pydicom's raises TypeError for 12-bit LUTs).
+
 pydicom is imported here only, on first use. Messages and logs name structure (transfer syntax,
 sizes, photometric interpretation), never tag values or pixels: pydicom's own warnings, which may
 quote values, are silenced process-wide, and its exception texts are dropped when they quote a

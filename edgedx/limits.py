@@ -7,6 +7,7 @@ read or allocated.
 
 from __future__ import annotations
 
+import os
 import re
 
 from edgedx.errors import UsageError
@@ -20,13 +21,31 @@ MAX_MANIFEST_SIZE = 1 << 20
 #: weights as external data).
 MAX_MODEL_SIZE = 2 << 30
 
-#: (lowest, highest) of each count option.
-THREADS = (1, 256)
+#: (lowest, highest) of each count option. Inference threads beyond the cores only contend (ONNX
+#: Runtime's spinning threads made a 3-run benchmark with 256 threads on 2 cores take 33 s, found by
+#: fuzzing), so their bound follows the machine: see :func:`thread_bounds`.
+THREADS_PER_CORE = 4
+MIN_MAX_THREADS = 8
 WORKERS = (0, 64)
 BATCH_SIZE = (1, 1024)
 TOP_K = (1, 1000)
 ITERATIONS = (1, 10_000_000)
 WARMUP = (0, 100_000)
+#: Seconds of ``bench --duration``.
+DURATION = (0.1, 86_400.0)
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (honours affinity masks and containers)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def thread_bounds() -> tuple[int, int]:
+    """(1, the most inference threads): 4 per usable core, at least 8."""
+    return 1, max(MIN_MAX_THREADS, THREADS_PER_CORE * cpu_count())
 
 
 def check_count(name: str, value: int | None, bounds: tuple[int, int]) -> None:
@@ -40,6 +59,20 @@ def check_count(name: str, value: int | None, bounds: tuple[int, int]) -> None:
     low, high = bounds
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise UsageError(f"{name} must be an integer between {low:,} and {high:,}, got {value!r}")
+
+
+def check_number(name: str, value: float | None, bounds: tuple[float, float]) -> None:
+    """Refuse a number outside ``bounds``, NaN included (click's FloatRange lets NaN through: every
+    comparison with NaN is false, and ``bench --duration nan`` then never ended; found by fuzzing).
+
+    Raises:
+        UsageError: ``name must be a number between LO and HI, got VALUE``.
+    """
+    if value is None:
+        return
+    low, high = bounds
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise UsageError(f"{name} must be a number between {low:g} and {high:g}, got {value!r}")
 
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgGtT]?)(i?[bB])?\s*$")

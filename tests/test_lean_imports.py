@@ -5,7 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-HEAVY = ("torch", "tensorflow", "keras", "tensorrt", "tensorrt_lean", "tensorrt_rtx", "cuda", "pycuda", "onnxruntime", "openvino", "pydicom", "onnx", "tritonclient", "grpc", "gevent", "ray", "pyarrow", "matplotlib")
+HEAVY = ("torch", "tensorflow", "keras", "tensorrt", "tensorrt_lean", "tensorrt_rtx", "cuda", "pycuda", "onnxruntime", "openvino",
+         "pydicom", "onnx", "tritonclient", "grpc", "gevent", "ray", "pyarrow", "matplotlib", "simplejpeg", "cv2")
 
 
 def loaded_after(statement: str) -> set[str]:
@@ -39,4 +40,12 @@ def test_archive_scale_modules_load_no_ray_or_pyarrow():
 
 def test_calibration_and_interval_metrics_are_numpy_only():
     mods = loaded_after("import edgedx.calibration, edgedx.postprocess, edgedx.metrics, edgedx.evaluate")
-    assert not mods & set(HEAVY), mods & set(HEAVY)
+    heavy = set(HEAVY) - {"cv2"}  # evaluate decodes images
+    assert not mods & heavy, mods & heavy
+
+
+def test_strict_jpeg_decoder_loads_on_first_jpeg_only():
+    mods = loaded_after("import edgedx.decode, edgedx.jpeg, edgedx.outputs, edgedx.limits")
+    assert "simplejpeg" not in mods
+    mods = loaded_after("import edgedx.decode as d, cv2; d.decode_bytes(cv2.imencode('.jpg', __import__('numpy').zeros((8, 8), 'uint8'))[1].tobytes())")
+    assert "simplejpeg" in mods

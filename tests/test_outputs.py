@@ -226,3 +226,32 @@ def test_line_sink_on_a_pipe_reports_an_incomplete_record(monkeypatch):
     with pytest.raises(WriteError, match="reading end of the pipe was closed"):
         sink.flush()
     sink.close()
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 16 kB tmpfs, read-write, and a read-only one (skipped where mounting is not allowed)."""
+    rw, ro = tmp_path / "rw", tmp_path / "ro"
+    rw.mkdir()
+    ro.mkdir()
+    mounted = []
+    try:
+        for path, opts in ((rw, "size=16k"), (ro, "ro,size=16k")):
+            proc = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True, check=False)
+            if proc.returncode != 0:
+                pytest.skip("cannot mount a tmpfs here (needs root)")
+            mounted.append(path)
+        yield rw, ro
+    finally:
+        for path in mounted:
+            subprocess.run(["umount", str(path)], check=False)
+
+
+def test_read_only_and_full_file_systems(model, scans, small_tmpfs):
+    rw, ro = small_tmpfs
+    proc = edgedx("classify", *scans, "--json", "-m", model, "-o", ro / "out.jsonl")
+    assert proc.returncode == 2 and "Read-only file system" in one_error_line(proc.stderr)
+    proc = edgedx("classify", *(scans * 40), "--json", "-m", model, "-o", rw / "out.jsonl")
+    assert proc.returncode == 5 and "No space left on device" in one_error_line(proc.stderr)
+    data = (rw / "out.jsonl").read_bytes()
+    assert data.endswith(b"\n") and [json.loads(x)["status"] for x in data.splitlines()]

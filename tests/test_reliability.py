@@ -198,7 +198,7 @@ def test_file_size_limit_applies_to_bytes_too():
 @pytest.mark.parametrize(
     "option, message",
     [
-        (["--threads", "100000"], "threads must be an integer between 1 and 256"),
+        (["--threads", "100000"], "threads must be an integer between 1 and "),
         (["--workers", "100000"], "workers must be an integer between 0 and 64"),
         (["--batch-size", "1000000"], "batch size must be an integer between 1 and 1,024"),
         (["--max-file-size", "lots"], "a size must be a number of bytes"),
@@ -220,6 +220,14 @@ def test_bench_counts_are_bounded(model):
     assert proc.returncode == 2 and "Invalid value for '--iterations'" in proc.stderr
 
 
+@pytest.mark.parametrize("value", ["nan", "-nan", "inf"])
+def test_bench_duration_nan_is_refused_not_endless(model, value):
+    """Found by the cli fuzz target: click's FloatRange lets NaN through and the benchmark never ended."""
+    proc = edgedx("bench", "-m", model, "--duration", value, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--duration must be a number between 0.1 and 86400" in proc.stderr or "Invalid value for '--duration'" in proc.stderr
+
+
 def _caught_signals(pid: int) -> int:
     """The process's caught-signal mask (Linux /proc), 0 when it cannot be read."""
     try:
@@ -232,24 +240,22 @@ def _caught_signals(pid: int) -> int:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-@pytest.mark.parametrize("delay", ["first", 0.3, 0.6])
+@pytest.mark.parametrize("delay", [0, 0.05, 0.2, 0.5])
 def test_an_early_signal_exits_130_without_a_traceback(model, scans, signum, delay):
-    """``first``: the moment edgedx's own code has installed its handlers (Python's start-up
-    before that, about 0.05 s, cannot be helped); then during the CLI's imports and the model load."""
-    if delay == "first" and not Path("/proc/self/status").exists():
+    """From the moment edgedx's own code has installed its handlers (Python's start-up before that,
+    about 0.05 s on an idle machine, cannot be helped), ``delay`` seconds later: during the CLI's
+    imports, the model load, or the run."""
+    if not Path("/proc/self/status").exists():
         pytest.skip("needs /proc to see when the handlers are installed")
     started = time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, "-m", "edgedx", "classify", *map(str, scans * 50), "--json", "-m", str(model)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    if delay == "first":
-        while not _caught_signals(proc.pid) & (1 << (signal.SIGTERM - 1)) and time.monotonic() - started < 10:
-            time.sleep(0.0005)
-        installed_after = time.monotonic() - started
-        assert installed_after < 5
-    else:
-        time.sleep(delay)
+    while not _caught_signals(proc.pid) & (1 << (signal.SIGTERM - 1)) and time.monotonic() - started < 30:
+        time.sleep(0.0005)
+    assert time.monotonic() - started < 30
+    time.sleep(delay)
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=60)
     if proc.returncode == 0:  # the run finished before the signal: nothing to check
@@ -301,3 +307,12 @@ def test_console_script_entry_installs_handlers_before_the_cli():
         cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert proc.returncode == 0 and "classify" in proc.stdout
+
+
+def test_thread_bound_follows_the_cores(monkeypatch):
+    from edgedx import limits
+
+    monkeypatch.setattr(limits, "cpu_count", lambda: 2)
+    assert limits.thread_bounds() == (1, 8)
+    monkeypatch.setattr(limits, "cpu_count", lambda: 12)
+    assert limits.thread_bounds() == (1, 48)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import os
 from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from edgedx.errors import BackendError, BackendUnavailable, UsageError
+from edgedx.limits import cpu_count  # noqa: F401  (public here too)
 
 if TYPE_CHECKING:
     from edgedx.manifest import Manifest
@@ -85,14 +85,6 @@ class SessionOptions:
     providers: tuple[str, ...] | None = None
     spin_wait: bool | None = None
     precision: str | None = None
-
-
-def cpu_count() -> int:
-    """Cores this process may run on (honours affinity masks and containers)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 class Session(ABC):
