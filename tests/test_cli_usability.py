@@ -223,7 +223,7 @@ def test_exit_2_usage(capsys, args):
 
 
 def _no_gpu(monkeypatch):
-    import edgedx.cuda.driver as driver
+    from edgedx.cuda import driver
 
     monkeypatch.setattr(driver, "probe_device", lambda binding="auto": "no CUDA device (test)")
 
@@ -246,7 +246,7 @@ def test_exit_3_backend_not_installed(capsys, monkeypatch, model):
 
 
 def test_onnx_given_to_tensorrt_is_not_called_an_engine(capsys, monkeypatch, model):
-    import edgedx.cuda.driver as driver
+    from edgedx.cuda import driver
 
     monkeypatch.setattr(driver, "probe_device", lambda binding="auto": None)  # as if a GPU were here
     code, _, err = run(capsys, "classify", "x.png", "-m", model, "--backend", "tensorrt")
