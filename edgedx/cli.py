@@ -259,8 +259,7 @@ def info(
     versions: bool = typer.Option(False, "--versions", help="Instead: every runtime library, CUDA driver/runtime, ONNX Runtime providers, backends here."),
     show_config: bool = typer.Option(False, "--config", help="Instead: the settings classify and bench get from edgedx.toml and EDGEDX_* variables."),
 ) -> None:
-    """Show a model's manifest, inputs and outputs, file hash, and which backends can run it here.
-    """
+    """Show a model's manifest, inputs and outputs, file hash, and which backends can run it here."""
     from edgedx import api
     from edgedx.backends import available_backends
 

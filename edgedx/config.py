@@ -27,10 +27,10 @@ the command line win. Only the standard library is imported here (``edgedx --hel
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from edgedx.errors import UsageError
 

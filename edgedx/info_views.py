@@ -47,7 +47,7 @@ def settings(explicit: str | Path | None, root_command: Any) -> tuple[str, dict[
         width = max(len(k) for k in keys)
         for key, entry in keys.items():
             value = "-" if entry["value"] is None else entry["value"]
-            lines.append(f"  {key.replace('_', '-'):{width}}  {str(value):40}  {entry['source']}")
+            lines.append(f"  {key.replace('_', '-'):{width}}  {value!s:40}  {entry['source']}")
     return "\n".join(lines), data
 
 

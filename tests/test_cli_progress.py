@@ -68,11 +68,10 @@ def test_quiet_turns_off_bar_and_summary(monkeypatch, capsys, model, xray_files)
 def test_interrupted_summary_says_so():
     stream = FakeTerminal()
     progress = RunProgress(5, stream=stream)
-    with pytest.raises(KeyboardInterrupt):
-        with progress:
-            progress.advance("ok")
-            progress.advance("rejected")
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), progress:
+        progress.advance("ok")
+        progress.advance("rejected")
+        raise KeyboardInterrupt
     assert progress.interrupted and progress.counts == {"ok": 1, "rejected": 1, "error": 0}
     assert progress.summary().startswith("interrupted after 2 answers for 5 inputs: 1 ok, 1 rejected, 0 failed")
     assert "2/5" in ANSI.sub("", stream.getvalue())

@@ -83,6 +83,19 @@ def test_completion_is_offered(capsys):
     assert code == 0 and "--install-completion" in out and "--show-completion" in out
 
 
+def test_completion_completes_commands_and_options():
+    import os
+
+    def complete(words: str, cword: int) -> list[str]:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "_EDGEDX_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(cword)}
+        r = subprocess.run([sys.executable, "-m", "edgedx"], capture_output=True, text=True, env=env, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.split()
+
+    assert complete("edgedx cla", 1) == ["classify"]
+    assert complete("edgedx classify --for", 2) == ["--format"]
+
+
 @pytest.mark.parametrize("command", [["classify"], ["info"], ["bench"], ["models"], ["eval"], ["export", "quantize"], ["export", "engine"]])
 def test_help_has_examples(capsys, command):
     code, out, _ = run(capsys, *command, "--help")
@@ -210,7 +223,7 @@ def test_exit_2_usage(capsys, args):
 
 
 def _no_gpu(monkeypatch):
-    import edgedx.cuda.driver as driver
+    from edgedx.cuda import driver
 
     monkeypatch.setattr(driver, "probe_device", lambda binding="auto": "no CUDA device (test)")
 
@@ -233,7 +246,7 @@ def test_exit_3_backend_not_installed(capsys, monkeypatch, model):
 
 
 def test_onnx_given_to_tensorrt_is_not_called_an_engine(capsys, monkeypatch, model):
-    import edgedx.cuda.driver as driver
+    from edgedx.cuda import driver
 
     monkeypatch.setattr(driver, "probe_device", lambda binding="auto": None)  # as if a GPU were here
     code, _, err = run(capsys, "classify", "x.png", "-m", model, "--backend", "tensorrt")
