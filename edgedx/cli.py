@@ -210,14 +210,14 @@ def classify(
         except BaseException:
             clf.close()
             raise
-    files = inputs.Counted(inputs.select(inputs.gather(paths or [], files_from, null), part, skip))
+    progress = RunProgress(None, quiet=quiet, output=output)  # a streamed walk: the total is known at its end
+    files = inputs.Counted(inputs.select(inputs.gather(paths or [], files_from, null), part, skip), on_end=progress.set_total)
     results = clf.classify_many(files)
     if ray:
         from edgedx import ray as ray_mod
 
         options = ray_mod.RayOptions(ray_address, ray_workers, ray_cpus, ray_gpus, batch_size)
         results = ray_mod.classify(files, {**settings, **ray_mod.actor_settings(options, settings["session_options"], workers), "model": str(clf.model_path)}, options)
-    progress = RunProgress(None, quiet=quiet, output=output)  # a streamed walk: the total is known at the end
     if fmt == Format.parquet:
         stream = None
     elif resume is not None:
@@ -242,7 +242,7 @@ def classify(
     finally:
         if stream is not None:
             stream.close()
-    progress.total = files.count
+    progress.set_total(files.count)
     if files.count == 0 and resume is None:
         raise UsageError("no image or DICOM files found in the given paths")
     progress.print_summary()

@@ -22,7 +22,7 @@ import hashlib
 import logging
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -188,13 +188,20 @@ def select(paths: Iterable[Path], shard: Shard | None = None, skip: set[str] | f
 
 
 class Counted:
-    """Wrap an iterator and count what went through it (the number of inputs of a streamed run)."""
+    """Wrap an iterator and count what went through it (the number of inputs of a streamed run).
 
-    def __init__(self, items: Iterable[Path]) -> None:
+    ``on_end(count)`` is called once the iterator is exhausted: the total is known from then on
+    (a progress bar learns it while the last batches still run).
+    """
+
+    def __init__(self, items: Iterable[Path], on_end: Callable[[int], None] | None = None) -> None:
         self._items = iter(items)
         self.count = 0
+        self.on_end = on_end
 
     def __iter__(self) -> Iterator[Path]:
         for item in self._items:
             self.count += 1
             yield item
+        if self.on_end is not None:
+            self.on_end(self.count)

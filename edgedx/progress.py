@@ -76,6 +76,12 @@ class RunProgress:
         if self._bar is not None:
             self._bar.update(self._task, advance=1, **{k: self.counts.get(k, 0) for k in STATUSES})
 
+    def set_total(self, total: int) -> None:
+        """The number of inputs, once a streamed walk or list has ended."""
+        self.total = total
+        if self._bar is not None:
+            self._bar.update(self._task, total=total)
+
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self.finished = time.perf_counter()
         if exc_type is KeyboardInterrupt:
