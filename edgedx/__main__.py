@@ -9,7 +9,13 @@ def run() -> int:
     interrupt.install_early()  # before the CLI's imports: an early SIGTERM or Ctrl-C exits 130 quietly
     from edgedx.cli import main
 
-    return main()
+    try:
+        code = main()
+    except KeyboardInterrupt:  # a Ctrl-C between the CLI's own handlers: the same quiet 130
+        print("edgedx: interrupted", file=sys.stderr)
+        code = interrupt.EXIT_INTERRUPTED
+    interrupt.block_at_exit()
+    return code
 
 
 if __name__ == "__main__":

@@ -33,9 +33,17 @@ def install_running() -> dict[int, object]:
 
 
 def restore(old: dict[int, object]) -> None:
-    """Put back handlers returned by :func:`install_running`."""
-    for signum, handler in old.items():
-        signal.signal(signum, handler if handler is not None else signal.SIG_DFL)  # type: ignore[arg-type]
+    """Put back handlers returned by :func:`install_running`; a signal that comes meanwhile waits
+    (blocked) and then goes to the restored handler, never to a half-restored pair."""
+    masking = hasattr(signal, "pthread_sigmask") and bool(old)
+    if masking:
+        signal.pthread_sigmask(signal.SIG_BLOCK, set(old))
+    try:
+        for signum, handler in old.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)  # type: ignore[arg-type]
+    finally:
+        if masking:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, set(old))
 
 
 def _exit_now(signum: int, frame: object) -> None:
@@ -47,3 +55,16 @@ def _exit_now(signum: int, frame: object) -> None:
 
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def block_at_exit() -> None:
+    """Block SIGTERM and SIGINT for the rest of the process: the run is over and its exit code
+    decided, so a late signal (during Python's shutdown, which restores the default handlers)
+    cannot turn a finished run into a kill."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    # A signal that arrived just before the block is already flagged for Python: ignore it too.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

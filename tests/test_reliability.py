@@ -260,7 +260,10 @@ def test_an_early_signal_exits_130_without_a_traceback(model, scans, signum, del
     out, err = proc.communicate(timeout=60)
     if proc.returncode == 0:  # the run finished before the signal: nothing to check
         pytest.skip("the run was faster than the signal")
-    assert proc.returncode == 130, err
+    # 130, or for Ctrl-C a death by SIGINT, which a shell reports as the same 130 (a signal in the
+    # last instants of shutdown, once Python has put the default handler back).
+    allowed = {130, -signal.SIGINT} if signum == signal.SIGINT else {130}
+    assert proc.returncode in allowed, err
     assert "Traceback" not in err and "interrupted" in err
     assert all(line.startswith("edgedx:") for line in err.splitlines() if line.strip()), err
     strict_records(out)  # whole records only
