@@ -74,54 +74,26 @@ class Decision(Protocol):
     positive: bool | None
 
 
-def ok(path: str | None, frame: int | None, decision: Decision, facts: RunFacts, uids: dict[str, str | None] | None = None) -> Result:
+Uids = dict[str, "str | None"]
+
+
+def ok(path: str | None, frame: int | None, decision: Decision, facts: RunFacts, uids: Uids | None = None) -> Result:
     """The record of an input that got an answer."""
-    return Result(
-        path,
-        label=decision.label,
-        score=decision.score,
-        scores=decision.scores,
-        threshold=decision.threshold,
-        positive=decision.positive,
-        frame=frame,
-        model=facts.model,
-        backend=facts.backend,
-        backend_note=facts.backend_note,
-        precision=facts.precision,
-        dicom_uids=uids,
-    )
+    return _record(path, frame, facts, uids, label=decision.label, score=decision.score, scores=decision.scores,
+                   threshold=decision.threshold, positive=decision.positive)
 
 
-def rejected(path: str | None, frame: int | None, code: str, detail: str, facts: RunFacts,
-             uids: dict[str, str | None] | None = None) -> Result:
+def rejected(path: str | None, frame: int | None, code: str, detail: str, facts: RunFacts, uids: Uids | None = None) -> Result:
     """The record of an input the gate abstained on: a stable reason code and its detail."""
-    return Result(
-        path,
-        status="rejected",
-        reason_code=code,
-        reason=detail,
-        frame=frame,
-        model=facts.model,
-        backend=facts.backend,
-        backend_note=facts.backend_note,
-        precision=facts.precision,
-        dicom_uids=uids,
-    )
+    return _record(path, frame, facts, uids, status="rejected", reason_code=code, reason=detail)
 
 
-def error(path: str | None, frame: int | None, message: str, facts: RunFacts, kind: str = "input",
-          uids: dict[str, str | None] | None = None) -> Result:
+def error(path: str | None, frame: int | None, message: str, facts: RunFacts, kind: str = "input", uids: Uids | None = None) -> Result:
     """The record of an input that failed (decode, preprocess or its batch's inference); ``kind``
     says whether the input (``input``) or the run (``run``) failed."""
-    return Result(
-        path,
-        status="error",
-        error=message,
-        error_kind=kind,
-        frame=frame,
-        model=facts.model,
-        backend=facts.backend,
-        backend_note=facts.backend_note,
-        precision=facts.precision,
-        dicom_uids=uids,
-    )
+    return _record(path, frame, facts, uids, status="error", error=message, error_kind=kind)
+
+
+def _record(path: str | None, frame: int | None, facts: RunFacts, uids: Uids | None, **fields: Any) -> Result:
+    return Result(path, frame=frame, model=facts.model, backend=facts.backend, backend_note=facts.backend_note,
+                  precision=facts.precision, dicom_uids=uids, **fields)
