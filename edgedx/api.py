@@ -20,7 +20,7 @@ from typing import Any, Iterable, Iterator, Union
 
 import numpy as np
 
-from edgedx import bundled, decode, gate, postprocess, preprocess
+from edgedx import bundled, decode, gate, postprocess, preprocess, trust
 from edgedx import manifest as manifest_mod
 from edgedx.audit import AuditLog
 from edgedx.backends import Session, SessionOptions, open_session, resolve_backend
@@ -55,6 +55,8 @@ class Result:
     threshold: float | None = None
     positive: bool | None = None
     backend_note: str | None = None
+    ood_score: float | None = None
+    heatmap: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,6 +85,8 @@ class _Item:
     rejected: gate.Rejection | None = None
     sha256: str | None = None  # of the input file's bytes, for the audit trail
     sample: np.ndarray | None = None  # resized pixels, until normalized into the batch buffer
+    seen: np.ndarray | None = None  # resized pixels kept for the heatmap
+    extras: dict[str, np.ndarray] | None = None  # this input's rows of the extra graph outputs
 
     @property
     def ready(self) -> bool:
@@ -105,6 +109,7 @@ class Classifier:
         decode_options: DICOM window override, all frames, pixel limit.
         session_options: backend options (threads, CUDA graphs, ...).
         overrides: what to assume for a model that carries no manifest.
+        heatmap: write a class-activation heatmap PNG per answered input into this folder.
     """
 
     def __init__(
@@ -120,6 +125,7 @@ class Classifier:
         decode_options: decode.DecodeOptions | None = None,
         session_options: SessionOptions | None = None,
         overrides: ManifestOverrides | None = None,
+        heatmap: str | Path | None = None,
     ) -> None:
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise UsageError(f"threshold must be in [0, 1], got {threshold}")
@@ -145,9 +151,12 @@ class Classifier:
             self.manifest = self._manifest(overrides or ManifestOverrides())
             spec = self.manifest.preprocess
             if self.decode_options.target_size is None:
-                # Let the decoder skip work the model cannot see: JPEG DCT scaling, gray decode.
+                # Let the decoder skip work the model cannot see: JPEG DCT scaling, gray decode
+                # (not when the gate judges colour from the pixels).
+                channels = None if use_gate and "color" in self.manifest.accepts else spec.channels
                 self.decode_options = dataclasses.replace(
-                    self.decode_options, target_size=(spec.width, spec.height), target_channels=spec.channels)
+                    self.decode_options, target_size=(spec.width, spec.height), target_channels=channels)
+            self._trust = trust.plan(self.manifest, self.session, use_gate, heatmap)
             self.batch_size = min(batch_size, self.session.max_batch_size or batch_size)
             self._buffer = self.session.input_buffer(self.batch_size)
             if audit is not None:
@@ -217,7 +226,8 @@ class Classifier:
                 continue
             try:
                 with self._lock:
-                    raw = self.session.run(self._fill(self._buffer, good))
+                    raw, extras = self.session.run_with(self._fill(self._buffer, good), self._trust.names)
+                trust.attach(good, extras)
             except EdgedxError as exc:
                 yield items, None, str(exc)
                 continue
@@ -285,6 +295,7 @@ class Classifier:
             if item.error is None and item.rejected is None:
                 try:
                     item.sample = preprocess.resize(image, self.manifest.preprocess)
+                    item.seen = item.sample if self._trust.heatmap_dir is not None else None
                 except EdgedxError as exc:
                     item.error = str(exc)
             out.append(item)
@@ -401,13 +412,17 @@ class Classifier:
                     it.error = error
                 else:
                     pred = next(predictions)
-            result = self._result(it, pred)
+            verdict = trust.judge(self._trust, self.manifest, it, self.manifest.labels.index(pred.label)) if pred else None
+            if verdict is not None and verdict.rejected is not None:
+                it.rejected, pred = verdict.rejected, None
+            result = self._result(it, pred, verdict)
             if self._audit is not None:
                 self._audit.write(result, it.sha256)
             yield result
 
-    def _result(self, item: _Item, pred: postprocess.Prediction | None) -> Result:
-        common = dict(path=item.path, model=str(self.model_path), backend=self.backend, frame=item.frame, backend_note=self.backend_note)
+    def _result(self, item: _Item, pred: postprocess.Prediction | None, verdict: trust.Verdict | None = None) -> Result:
+        common = dict(path=item.path, model=str(self.model_path), backend=self.backend, frame=item.frame, backend_note=self.backend_note,
+                      ood_score=verdict.ood_score if verdict else None, heatmap=verdict.heatmap if verdict else None)
         if item.error is not None:
             return Result(error=item.error, status="error", **common)
         if item.rejected is not None:

@@ -84,6 +84,7 @@ def classify(
     threads: Optional[int] = typer.Option(None, min=1, help="CPU inference threads (default: the usable cores)."),
     no_cuda_graph: bool = typer.Option(False, "--no-cuda-graph", help="TensorRT: do not capture CUDA graphs."),
     trust_engine: bool = typer.Option(False, "--trust-engine", help="TensorRT: allow engines that carry host code."),
+    heatmap: Optional[Path] = typer.Option(None, "--heatmap", help="Write a class-activation heatmap PNG per answer into DIR (the record's `heatmap`)."),
 ) -> None:
     """Classify scans. Exit code 0 when every input got an answer (ok or rejected), 1 when any failed."""
     from edgedx import api, decode, report
@@ -116,6 +117,7 @@ def classify(
         decode_options=decode.DecodeOptions(window=center_width, all_frames=all_frames, max_pixels=max_pixels),
         session_options=_session_options(threads, not no_cuda_graph, trust_engine),
         overrides=overrides,
+        heatmap=heatmap,
     )
     counts = {"ok": 0, "rejected": 0, "error": 0}
     stream = open(output, "w", encoding="utf-8", errors="backslashreplace") if output else sys.stdout

@@ -47,6 +47,11 @@ class Manifest:
     provenance: Mapping[str, Any] = field(default_factory=dict)
     accepts: Mapping[str, Any] = field(default_factory=dict)
     engine: Mapping[str, Any] = field(default_factory=dict)
+    #: Extra graph outputs: pooled penultimate features (N, C) and class-activation maps (N, K, h, w).
+    features_output: str | None = None
+    cam_output: str | None = None
+    #: Out-of-distribution score parameters (see :mod:`edgedx.ood`), fitted at export.
+    ood: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def is_binary(self) -> bool:
@@ -76,7 +81,8 @@ class Manifest:
                 "std": list(p.std),
                 "pad_value": p.pad_value,
             },
-            "output": {"name": self.output_name, "activation": self.activation.value},
+            "output": {"name": self.output_name, "activation": self.activation.value,
+                       **{k: v for k, v in (("features", self.features_output), ("cam", self.cam_output)) if v}},
             "positive_label": self.positive_label,
             "threshold": self.threshold,
             "precision": self.precision,
@@ -86,6 +92,8 @@ class Manifest:
             out["accepts"] = dict(self.accepts)
         if self.engine:
             out["engine"] = dict(self.engine)
+        if self.ood:
+            out["ood"] = dict(self.ood)
         return out
 
     def to_json(self) -> str:
@@ -160,6 +168,13 @@ def from_dict(data: Any, source: str = "manifest") -> Manifest:
     precision = data.get("precision", "fp32")
     if not isinstance(precision, str) or precision not in PRECISIONS:
         problems.append(f"precision: must be one of {list(PRECISIONS)}, got {precision!r}")
+    for key in ("features", "cam"):
+        if key in out and not (isinstance(out[key], str) and out[key]):
+            problems.append(f"output.{key}: must be the name of a graph output")
+    if "ood" in data:
+        from edgedx.ood import validate as validate_ood
+
+        problems.extend(validate_ood(data["ood"], out.get("features")))
     for name in ("provenance", "accepts", "engine"):
         if not isinstance(data.get(name, {}), Mapping):
             problems.append(f"{name}: must be an object")
@@ -182,6 +197,9 @@ def from_dict(data: Any, source: str = "manifest") -> Manifest:
         provenance=dict(data.get("provenance", {})),
         accepts=dict(data.get("accepts", {})),
         engine=dict(data.get("engine", {})),
+        features_output=out.get("features"),
+        cam_output=out.get("cam"),
+        ood=dict(data.get("ood", {})),
     )
 
 

@@ -204,6 +204,8 @@ def eval_command(
     threshold: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Operating threshold for binary models (default: the manifest's)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Use at most N images (evenly spread)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
+    heatmap_summary: bool = typer.Option(False, "--heatmap-summary",
+                                         help="Also report how much of the class-activation maps' mass lies on the image border and corners."),
 ) -> None:
     """Evaluate a model on labelled data: accuracy, AUC, sensitivity, specificity, F1, confusion matrix."""
     from edgedx import evaluate
@@ -213,6 +215,10 @@ def eval_command(
     with Classifier(model, backend.value, threshold=threshold, batch_size=batch_size) as clf:
         dataset = evaluate.load_dataset(data, clf.manifest.labels, split).limit(limit)
         report = evaluate.evaluate(clf, dataset, threshold, batch_size)
+        if heatmap_summary:
+            from edgedx import heatmap
+
+            report["heatmap_summary"] = heatmap.summarize(clf, dataset, batch_size)
     if as_json:
         _print_json(report)
         return
@@ -226,6 +232,13 @@ def eval_command(
         if key in report:
             print(f"{key:12} {_num(report[key])}")
     print(_confusion_text(report["labels"], report["confusion"]))
+    if "heatmap_summary" in report:
+        h = report["heatmap_summary"]
+        print(f"heatmaps     mass on the {h['border_band']:.0%} border band {h['all']['border']:.3f} (uniform {h['uniform']['border']:.3f}), "
+              f"in the corners {h['all']['corners']:.3f} (uniform {h['uniform']['corners']:.3f}); "
+              f"border-heavy maps {h['border_heavy']:.1%}")
+        for label, part in h["by_label"].items():
+            print(f"  {label:10} border {part['border']:.3f}  corners {part['corners']:.3f}  n={part['n']}")
 
 
 # -- rendering and option helpers -----------------------------------------------------------------

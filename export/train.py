@@ -372,12 +372,14 @@ def main(argv: list[str] | None = None) -> int:
                 score = shifted_report["auc"] if shifted_report["auc"] is not None else shifted_report["accuracy"]
         entry["seconds"] = time.perf_counter() - t0
         history.append(entry)
-        if epoch == 1:  # budget the schedule: the epochs that fit in what is left of --max-minutes
-            left = args.max_minutes - (time.perf_counter() - t_start) / 60
-            fits = max(1, 1 + int(left / (entry["seconds"] / 60)))
-            if fits < plan["epochs"]:
-                plan["epochs"] = fits
-                log(f"schedule: {fits} epochs fit in {args.max_minutes} minutes ({entry['seconds']:.0f}s for the first)")
+        # Budget the schedule after every epoch: the epochs that fit in what is left of --max-minutes
+        # at the mean epoch time so far (the machine may be shared), never more than --epochs.
+        left = args.max_minutes - (time.perf_counter() - t_start) / 60
+        mean_minutes = float(np.mean([h["seconds"] for h in history])) / 60
+        fits = min(args.epochs, epoch + int(left / mean_minutes))
+        if fits != plan["epochs"]:
+            plan["epochs"] = max(epoch, fits)
+            log(f"schedule: {plan['epochs']} epochs in all fit in {args.max_minutes} minutes ({mean_minutes * 60:.0f}s an epoch)")
         log(f"epoch {epoch}: loss {total / n:.4f} {msg} ({entry['seconds']:.0f}s)")
         if score > best + 1e-4:
             best, stale = score, 0

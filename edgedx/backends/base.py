@@ -142,6 +142,32 @@ class Session(ABC):
         except Exception as exc:  # a backend's own exception types vary
             raise BackendError(f"{self.name} failed on a batch of {batch.shape[0]}: {exc}") from exc
 
+    @property
+    def supports_extra_outputs(self) -> bool:
+        """Whether :meth:`run_with` can return extra graph outputs on this backend."""
+        return type(self)._run_with is not Session._run_with
+
+    def run_with(self, batch: np.ndarray, names: tuple[str, ...]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Run one batch: the first output as :meth:`run` gives it, and the named extra outputs
+        (penultimate features, class-activation maps) as float32 arrays.
+
+        Raises:
+            BackendError: the backend failed, or cannot return extra outputs.
+        """
+        if not names:
+            return self.run(batch), {}
+        if self._closed:
+            raise UsageError(f"{self.name} session for {self.model_path.name} is closed")
+        try:
+            return self._run_with(batch, names)
+        except (UsageError, BackendError):
+            raise
+        except Exception as exc:
+            raise BackendError(f"{self.name} failed on a batch of {batch.shape[0]}: {exc}") from exc
+
+    def _run_with(self, batch: np.ndarray, names: tuple[str, ...]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        raise BackendError(f"the {self.name} backend does not return extra outputs ({', '.join(names)}) yet")
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
