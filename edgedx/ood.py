@@ -40,7 +40,7 @@ def fit(features: np.ndarray, rank: int = 32, shrinkage: float = 0.1) -> dict[st
     kept = eig[:rank]
     variances = (1 - shrinkage) * kept + shrinkage * kept.mean()
     rest = eig[rank:]
-    residual = float(max(rest.mean() if rest.size else 0.0, 1e-3 * kept.mean(), 1e-12))
+    residual = float(max(rest.mean() if rest.size else 0.0, 1e-6 * kept.mean(), 1e-12))
     return {
         "method": METHOD,
         "mean": _rounded(mean),

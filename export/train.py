@@ -38,7 +38,7 @@ from torch import nn
 
 from edgedx import decode, metrics, preprocess
 from edgedx.preprocess import PreprocessSpec
-from export.models import ScreeningCNN
+from export.models import ScreeningCNN, freeze_batchnorm, load_folded_onnx
 from export.shift import Augmenter, shifted_copy  # noqa: F401  (Augmenter: public here since 0.1)
 
 MEDMNIST_LABELS = {
@@ -299,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--finalize-only", action="store_true",
                     help="re-run only the final step (BatchNorm statistics, calibration, threshold) on OUT/model_raw.pt")
     ap.add_argument("--crop-scale", default="0.4,1.0", help="area fractions of the random resized crop (training augmentation)")
+    ap.add_argument("--init-onnx", type=Path, default=None,
+                    help="warm start from an FP32 ONNX export of the same architecture (BatchNorm folded; statistics frozen)")
     ap.add_argument("--select-on", choices=["shifted", "clean"], default="shifted",
                     help="validation set whose AUC picks the best epoch (shifted: the acquisition-shifted copy)")
     ap.add_argument("--bn-recalibrate", action="store_true", help="re-estimate BatchNorm statistics on clean images before calibrating")
@@ -334,6 +336,13 @@ def main(argv: list[str] | None = None) -> int:
     mean, std = dataset_stats(train, spec)
     spec = spec.with_changes(mean=(round(mean, 4),), std=(round(std, 4),))
     model = ScreeningCNN(channels, len(classes), tuple(int(w) for w in args.widths.split(",")))
+    if args.init_onnx is not None:
+        from edgedx import manifest as manifest_mod
+
+        source = manifest_mod.load(args.init_onnx)
+        if source is not None:  # the source's preprocessing is what its weights expect
+            spec = source.preprocess.with_changes(width=args.size, height=args.size)
+        log(f"warm start: {load_folded_onnx(model, str(args.init_onnx))} layers from {args.init_onnx}")
     counts = np.bincount(train.labels, minlength=len(classes)).astype(np.float64)
     weights = torch.tensor(counts.sum() / (len(classes) * np.maximum(counts, 1)), dtype=torch.float32)
     loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=0.05)
@@ -351,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     best, best_state, history, stale = -math.inf, None, [], 0
     for epoch in range(1, args.epochs + 1):
         model.train()
+        if args.init_onnx is not None:
+            freeze_batchnorm(model)
         t0, total, n = time.perf_counter(), 0.0, 0
         for x, y in batches(train, spec, args.batch_size, augment, rng.permutation(len(train.labels))):
             opt.zero_grad(set_to_none=True)
@@ -423,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
             "shifted_val_images": len(shifted.labels) if shifted is not None else 0,
             "split": "patient-grouped, class-stratified" if args.data.suffix != ".npz" else "MedMNIST train/val",
             "epochs_run": len(history),
+            "init": str(args.init_onnx) if args.init_onnx is not None else None,
             "minutes": round(minutes, 1),
             "torch": torch.__version__,
             "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
