@@ -1,11 +1,11 @@
 """Out-of-distribution score from the model's own penultimate features.
 
 A low-rank Mahalanobis distance: the training images' pooled features (the graph output named by
-the manifest's ``output.features``) are summarised at export by their mean, the top ``k``
-principal directions with shrunk variances, and one variance for everything outside those
-directions. At run time::
+the manifest's ``output.features``) are standardised feature by feature, then summarised at export
+by their mean, the top ``k`` principal directions with shrunk variances, and one variance for
+everything outside those directions. At run time::
 
-    z = f - mean
+    z = (f - mean) / scale          # each feature standardised by its training spread
     score = (sum_i (u_i . z)^2 / var_i + |z - sum_i (u_i . z) u_i|^2 / residual_variance) / C
 
 about 1 for a typical training image, and much larger for inputs whose features the model never
@@ -33,6 +33,11 @@ def fit(features: np.ndarray, rank: int = 32, shrinkage: float = 0.1) -> dict[st
     """
     x = np.asarray(features, np.float64)
     n, c = x.shape
+    # Standardise each feature: without it the few high-variance channels decide the principal
+    # directions and off-distribution changes in the quiet ones go unseen.
+    scale = x.std(0)
+    scale = np.where(scale > 1e-6 * max(float(scale.max()), 1e-12), scale, max(float(scale.max()), 1.0))
+    x = x / scale
     rank = max(1, min(rank, c - 1, n - 1))
     mean = x.mean(0)
     _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
@@ -43,7 +48,8 @@ def fit(features: np.ndarray, rank: int = 32, shrinkage: float = 0.1) -> dict[st
     residual = float(max(rest.mean() if rest.size else 0.0, 1e-6 * kept.mean(), 1e-12))
     return {
         "method": METHOD,
-        "mean": _rounded(mean),
+        "mean": _rounded(mean * scale),
+        "scale": _rounded(scale),
         "components": [_rounded(v) for v in vt[:rank]],
         "variances": _rounded(variances),
         "residual_variance": float(f"{residual:.6g}"),
@@ -59,6 +65,7 @@ class Scorer:
 
     def __init__(self, params: Mapping[str, Any]) -> None:
         self.mean = np.asarray(params["mean"], np.float64)
+        self.scale = np.asarray(params.get("scale", np.ones_like(self.mean)), np.float64)
         self.components = np.asarray(params["components"], np.float64)
         self.variances = np.asarray(params["variances"], np.float64)
         self.residual = float(params["residual_variance"])
@@ -68,7 +75,7 @@ class Scorer:
         """(N, C) or (C,) features -> (N,) or scalar scores."""
         f = np.asarray(features, np.float64)
         single = f.ndim == 1
-        z = f.reshape(-1, self.mean.size) - self.mean
+        z = (f.reshape(-1, self.mean.size) - self.mean) / self.scale
         proj = z @ self.components.T
         inside = (proj**2 / self.variances).sum(1)
         outside = np.maximum((z**2).sum(1) - (proj**2).sum(1), 0.0) / self.residual
@@ -97,10 +104,11 @@ def validate(section: Any, features_output: str | None) -> list[str]:
         mean = np.asarray(section["mean"], np.float64)
         comps = np.asarray(section["components"], np.float64)
         var = np.asarray(section["variances"], np.float64)
-        if mean.ndim != 1 or comps.ndim != 2 or comps.shape[1] != mean.size or var.shape != (comps.shape[0],):
-            problems.append("ood: mean (C), components (k, C) and variances (k) do not fit together")
-        elif not (np.isfinite(mean).all() and np.isfinite(comps).all() and (var > 0).all()):
-            problems.append("ood: parameters must be finite, variances positive")
+        scale = np.asarray(section.get("scale", np.ones_like(mean)), np.float64)
+        if mean.ndim != 1 or comps.ndim != 2 or comps.shape[1] != mean.size or var.shape != (comps.shape[0],) or scale.shape != mean.shape:
+            problems.append("ood: mean (C), scale (C), components (k, C) and variances (k) do not fit together")
+        elif not (np.isfinite(mean).all() and np.isfinite(comps).all() and (var > 0).all() and (scale > 0).all()):
+            problems.append("ood: parameters must be finite, variances and scales positive")
         res, thr = section["residual_variance"], section["threshold"]
         if not (isinstance(res, (int, float)) and res > 0):
             problems.append("ood.residual_variance: must be a positive number")
