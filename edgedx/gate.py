@@ -87,9 +87,9 @@ def check(image: np.ndarray, info: Any | None, accepts: Mapping[str, Any]) -> Re
     channels = info.channels if info is not None else 1 if image.ndim == 2 else image.shape[2]
     if "channels" in accepts and channels not in accepts["channels"]:
         return Rejection("channels_not_accepted", f"{channels} channel(s); the model accepts {accepts['channels']}")
-    if "dicom_conditions" in accepts and getattr(info, "format", None) == "dicom":
-        if (rejected := _dicom_rules(info, accepts["dicom_conditions"])) is not None:
-            return rejected
+    dicom_rules = accepts.get("dicom_conditions") if getattr(info, "format", None) == "dicom" else None
+    if dicom_rules and (rejected := _dicom_rules(info, dicom_rules)) is not None:
+        return rejected
     if "color" in accepts:
         kind = pixel_color(image)
         if kind not in accepts["color"]:

@@ -17,7 +17,8 @@ validation chest X-rays exceed it; above it the input gate abstains with reason
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

@@ -142,15 +142,25 @@ def bundle_default(
     arch_kwargs = {"in_channels": manifest.preprocess.channels, "num_classes": len(manifest.labels), "widths": tuple(info["widths"])}
     fp32 = export_torch(run_dir / "model.pt", out_dir / FP32_NAME, manifest, images=quant.select_images(calib, COMPARE_IMAGES),
                         architecture="screening_cnn", arch_kwargs=arch_kwargs, explain=True, flip_tta=flip_tta)
+    from edgedx.api import file_sha256
     from export import trust_fit
 
+    # The FP32 file is final (OOD parameters and threshold) before it is quantized, so the INT8
+    # model's provenance names the hash of the FP32 file that ships.
     train_feats = trust_fit.features(out_dir / FP32_NAME, quant.select_images(calib_images, ood_images))
     trust_fit.set_ood(out_dir / FP32_NAME, trust_fit.fit_params(train_feats), None)
+    report: dict[str, Any] = {}
+    sets = trust_fit.validation_sets(Path(eval_data), info) if eval_data is not None else None
+    if sets is not None:
+        report[FP32_NAME] = trust_fit.finish_one(out_dir / FP32_NAME, sets, ood_reject)
+    fp32["sha256"] = file_sha256(out_dir / FP32_NAME)
     options = quant.QuantizeOptions(target=quant.Target.CPU, method=quant.Method(method), num_images=num_calib, cache_dir=run_dir)
     int8 = quant.quantize(out_dir / FP32_NAME, out_dir / INT8_NAME, calib, options, eval_data=eval_data, split=split, gate=gate)
-    summary = {"fp32": {k: v for k, v in fp32.items() if k != "manifest"}, "int8": int8}
-    if eval_data is not None:
-        summary["validation"] = trust_fit.finish(out_dir / FP32_NAME, out_dir / INT8_NAME, Path(eval_data), info, ood_reject)
+    if sets is not None:
+        report[INT8_NAME] = trust_fit.finish_one(out_dir / INT8_NAME, sets, ood_reject)
+        report["cam_correlation_fp32_int8"] = trust_fit.cam_agreement(out_dir / FP32_NAME, out_dir / INT8_NAME, sets["val"].images)
+        int8["sha256"] = file_sha256(out_dir / INT8_NAME)
+    summary = {"fp32": {k: v for k, v in fp32.items() if k != "manifest"}, "int8": int8, "validation": report}
     from edgedx.manifest import load as load_manifest
 
     summary["manifest"] = load_manifest(out_dir / INT8_NAME).to_dict()

@@ -4,8 +4,9 @@ validation report (clean and shifted) of the exported files, with FP32/INT8 CAM 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -85,40 +86,44 @@ def cam_correlation(a: np.ndarray, b: np.ndarray, positive_index: int) -> np.nda
     return (ma * mb).sum(1) / np.maximum(np.linalg.norm(ma, axis=1) * np.linalg.norm(mb, axis=1), 1e-12)
 
 
-def finish(fp32: Path, int8: Path, val_dir: Path, info: dict[str, Any], reject: float, seed: int = 0) -> dict[str, Any]:
-    """Validation report of both files on the clean and shifted validation sets; sets each file's OOD threshold."""
+def validation_sets(val_dir: Path, info: dict[str, Any], seed: int = 0) -> dict[str, Any]:
+    """The clean validation set of ``val_dir`` and its shifted copy (:mod:`export.shift`), as train.Dataset."""
     from export.train import load_folder, make_shifted
 
     val, classes = load_folder(val_dir)
     positive = info.get("positive_label")
     pos = classes.index(positive) if positive in classes else None
     shifted = make_shifted(val, pos, seed)
-    sets = {"val": val, **({"shifted_val": shifted} if shifted is not None else {})}
-    report: dict[str, Any] = {}
-    cams: dict[str, np.ndarray] = {}
-    for path in (fp32, int8):
-        entry: dict[str, Any] = {}
-        scores = []
-        for name, data in sets.items():
-            manifest, outs = run_outputs(path, data.images)
-            probs = _softmax(outs[manifest.output_name or "logits"].astype(np.float64))
-            entry[name] = {k: v for k, v in metrics.summarize(data.labels, probs, pos, manifest.threshold).items()}
-            if manifest.features_output:
-                s = ood.Scorer(manifest.ood).score(outs[manifest.features_output])
-                scores.append((name, s))
-            if manifest.cam_output and name == "val":
-                cams[path.name] = outs[manifest.cam_output]
-        if scores:
-            threshold = max(float(np.quantile(s, 1 - reject)) for _, s in scores)
-            entry["ood_threshold"] = threshold
-            entry["ood_rejected"] = {name: float(np.mean(s > threshold)) for name, s in scores}
-            set_ood(path, load_manifest(path).ood, threshold,
-                    {"threshold_rule": f"highest of the {1 - reject:.3g} quantiles of the clean and shifted validation scores",
-                     "validation_rejected": entry["ood_rejected"]},
-                    {"validation_shifted": {k: v for k, v in entry.get("shifted_val", {}).items() if k != "confusion"}})
-        report[path.name] = entry
-    if len(cams) == 2 and pos is not None:
-        r = cam_correlation(cams[fp32.name], cams[int8.name], pos)
-        report["cam_correlation_fp32_int8"] = {"mean": float(r.mean()), "min": float(r.min()), "p05": float(np.quantile(r, 0.05))}
-    log.info("validation: %s", report)
-    return report
+    return {"val": val, **({"shifted_val": shifted} if shifted is not None else {})}
+
+
+def finish_one(path: Path, sets: dict[str, Any], reject: float) -> dict[str, Any]:
+    """Validation metrics of one file on each set, and its OOD threshold (written into its manifest):
+    the highest of the sets' ``1 - reject`` quantiles of the score."""
+    entry: dict[str, Any] = {}
+    scores = []
+    for name, data in sets.items():
+        manifest, outs = run_outputs(path, data.images)
+        probs = _softmax(outs[manifest.output_name or "logits"].astype(np.float64))
+        entry[name] = metrics.summarize(data.labels, probs, manifest.positive_index, manifest.threshold)
+        if manifest.features_output and manifest.ood:
+            scores.append((name, ood.Scorer(manifest.ood).score(outs[manifest.features_output])))
+    if scores:
+        threshold = max(float(np.quantile(s, 1 - reject)) for _, s in scores)
+        entry["ood_threshold"] = threshold
+        entry["ood_rejected"] = {name: float(np.mean(s > threshold)) for name, s in scores}
+        set_ood(path, load_manifest(path).ood, threshold,
+                {"threshold_rule": f"highest of the {1 - reject:.3g} quantiles of the clean and shifted validation scores",
+                 "validation_rejected": entry["ood_rejected"]},
+                {"validation_shifted": {k: v for k, v in entry.get("shifted_val", {}).items() if k != "confusion"}})
+    return entry
+
+
+def cam_agreement(fp32: Path, int8: Path, images: Sequence[np.ndarray]) -> dict[str, float] | None:
+    """Per-scan correlation of the two files' decision maps (mean, lowest, 5th percentile)."""
+    m32, a = run_outputs(fp32, images)
+    m8, b = run_outputs(int8, images)
+    if not (m32.cam_output and m8.cam_output and m32.positive_index is not None):
+        return None
+    r = cam_correlation(a[m32.cam_output], b[m8.cam_output], m32.positive_index)
+    return {"mean": float(r.mean()), "min": float(r.min()), "p05": float(np.quantile(r, 0.05)), "scans": len(r)}

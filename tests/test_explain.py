@@ -13,8 +13,8 @@ from tests.factories import frame, manifest_dict
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
 
-from export import explain  # noqa: E402
-from export.models import ResNet, ScreeningCNN  # noqa: E402
+from export import explain
+from export.models import ResNet, ScreeningCNN
 
 
 def test_cam_mean_plus_bias_is_the_logit_and_flip_tta_averages_views():
@@ -71,7 +71,7 @@ def test_export_adds_features_and_cam_outputs(explained_onnx):
     sess = ort.InferenceSession(str(explained_onnx), providers=["CPUExecutionProvider"])
     assert [o.name for o in sess.get_outputs()] == ["logits", "features", "cam"]
     x = np.random.default_rng(0).normal(size=(2, 1, 64, 64)).astype(np.float32)
-    logits, feats, cam = sess.run(None, {"input": x})
+    _, feats, cam = sess.run(None, {"input": x})
     assert cam.shape[:2] == (2, 2) and feats.shape == (2, 8)
 
 

@@ -11,8 +11,8 @@ from tests.conftest import XRAY, need
 
 torch = pytest.importorskip("torch")
 
-from export import train  # noqa: E402
-from export.models import ScreeningCNN  # noqa: E402
+from export import train
+from export.models import ScreeningCNN
 
 
 def test_one_epoch_smoke_run_writes_a_finalized_model(tmp_path):
@@ -96,7 +96,7 @@ def test_link_split_matches_the_training_split(tmp_path):
     val = {p.name for p in (tmp_path / "split" / "val").rglob("*.jpeg")}
     tr = {p.name for p in (tmp_path / "split" / "train").rglob("*.jpeg")}
     assert val and tr and not val & tr and len(val | tr) == 8
-    patients = lambda names: {train.patient_id(n) for n in names}  # noqa: E731
+    patients = lambda names: {train.patient_id(n) for n in names}
     assert not patients(val) & patients(tr)
     assert all(p.is_symlink() for p in (tmp_path / "split").rglob("*.jpeg"))
 
@@ -109,8 +109,8 @@ def test_shifted_validation_is_reproducible_with_the_asked_class_mix():
     idx = class_mix(labels, 1, 0.625, rng)
     assert abs(labels[idx].mean() - 0.625) < 0.01 and (labels[idx] == 0).sum() == 100
     images = [rng.integers(0, 256, (48, 40), dtype=np.uint8) for _ in range(len(labels))]
-    a, la, ia = shifted_copy(images, labels, 1, seed=3)
-    b, lb, ib = shifted_copy(images, labels, 1, seed=3)
+    a, _, ia = shifted_copy(images, labels, 1, seed=3)
+    b, _, ib = shifted_copy(images, labels, 1, seed=3)
     assert all(np.array_equal(x, y) for x, y in zip(a, b)) and np.array_equal(ia, ib)
     assert a[0].dtype == np.uint8 and a[0].shape == (48, 40)
     assert any(not np.array_equal(x, images[i]) for x, i in zip(a, ia))

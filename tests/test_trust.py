@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from edgedx import gate, heatmap, manifest, ood
+from edgedx.errors import EdgedxError
 from tests.factories import frame
 
 
@@ -20,14 +21,14 @@ def test_color_is_judged_from_pixels():
     rgb_gray = np.repeat(gray[:, :, None], 3, 2)
     assert gate.pixel_color(rgb_gray) == "gray"
     # a gray scan stored as an RGB JPEG (chroma rounding) is still gray
-    ok, buf = cv2.imencode(".jpg", rgb_gray, [cv2.IMWRITE_JPEG_QUALITY, 75])
+    _, buf = cv2.imencode(".jpg", rgb_gray, [cv2.IMWRITE_JPEG_QUALITY, 75])
     assert gate.pixel_color(cv2.imdecode(buf, cv2.IMREAD_COLOR)) == "gray"
     noise = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
     assert gate.pixel_color(noise) == "color"
     tinted = rgb_gray.astype(np.int16)
     tinted[..., 0] += 40  # a sepia/colour photograph of gray content
     assert gate.pixel_color(np.clip(tinted, 0, 255).astype(np.uint8)) == "color"
-    assert gate.pixel_color((rgb_gray.astype(np.uint16) * 257)) == "gray"
+    assert gate.pixel_color(rgb_gray.astype(np.uint16) * 257) == "gray"
 
 
 def test_color_rule_rejects_colour_and_passes_gray():
@@ -67,14 +68,13 @@ def test_bad_rules_are_manifest_errors(bad, words):
 
 
 def test_leg_cr_from_shared_data_is_rejected_by_its_tags():
-    from tests.conftest import DICOM, need
-
     from edgedx import decode
+    from tests.conftest import DICOM, need
 
     path = need(DICOM / "RG3_J2KR.dcm")
     try:
         d = decode.decode_file(path)[0]
-    except Exception as exc:  # JPEG 2000 decoder missing
+    except EdgedxError as exc:  # JPEG 2000 decoder missing
         pytest.skip(f"cannot decode {path.name}: {exc}")
     assert d.info.body_part == "EXTREMITY"
     rules = {"dicom_conditions": {"BodyPartExamined": "(?i)^(CHEST|THORAX)$"}}
