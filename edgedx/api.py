@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from edgedx import decode, limits, preprocess
+from edgedx import decode, limits, preprocess, trust
 from edgedx.audit import AuditLog
 from edgedx.backends import SessionOptions
 from edgedx.backends.base import cpu_count
@@ -59,6 +59,7 @@ class Classifier:
         float_range: the value range of float numpy frames (default 0..255, the display range
             uint8 images have); ``(0, 1)`` for frames scaled to 0..1, which are then mapped onto
             0..255 before the input gate and the model's own preprocessing.
+        heatmap: write a class-activation heatmap PNG per answered input into this folder.
     """
 
     def __init__(
@@ -76,6 +77,7 @@ class Classifier:
         overrides: ManifestOverrides | None = None,
         dicom_uids: bool = False,
         float_range: tuple[float, float] = (0.0, 255.0),
+        heatmap: str | Path | None = None,
     ) -> None:
         float_range = (float(float_range[0]), float(float_range[1]))
         preprocess.from_float_range(np.zeros(1, np.float32), float_range)  # validates the range
@@ -98,7 +100,9 @@ class Classifier:
             options_in = decode_options or decode.DecodeOptions()
             if options_in.target_size is None:
                 # Let the decoder skip work the model cannot see: JPEG DCT scaling, gray decode.
-                options_in = dataclasses.replace(options_in, target_size=(spec.width, spec.height), target_channels=spec.channels)
+                # (not gray when the gate judges colour from the pixels).
+                channels = None if use_gate and "color" in self.manifest.accepts else spec.channels
+                options_in = dataclasses.replace(options_in, target_size=(spec.width, spec.height), target_channels=channels)
             self.decode_options = options_in
             limit = self.session.max_batch_size
             if limit is not None and batch_size > limit:  # said, not silently capped
@@ -106,6 +110,8 @@ class Classifier:
                             "takes larger ones when rebuilt with edgedx export engine --batch 1,%d,%d)",
                             batch_size, self.model_path.name, limit, limit, batch_size, batch_size)
             self.batch_size = min(batch_size, limit or batch_size)
+            plan = trust.plan(self.manifest, self.session, use_gate, heatmap)
+            self.session.request_outputs(plan.names)
             if audit is not None:
                 self._audit = AuditLog(audit, model_sha256=file_sha256(self.model_path), manifest=self.manifest, backend_detail=self.session.describe())
         except OSError as exc:
@@ -116,7 +122,7 @@ class Classifier:
             raise
         facts = RunFacts(str(self.model_path), self.session.name, self.backend_note, self.session.precision)
         config = PipelineConfig(self.batch_size, self.workers, use_gate, threshold, self.decode_options, dicom_uids, float_range)
-        self._pipeline = Pipeline(self.session, self.manifest, config, facts, self._audit)
+        self._pipeline = Pipeline(self.session, self.manifest, config, facts, self._audit, plan)
 
     @property
     def backend(self) -> str:

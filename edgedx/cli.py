@@ -141,6 +141,7 @@ def classify(
     ray_workers: int = typer.Option(1, "--ray-workers", min=1, help="Ray actors, each with its own model."),
     ray_cpus: Optional[float] = typer.Option(None, "--ray-cpus", help="CPUs per Ray actor (default 1; less beside a read stage)."),
     ray_gpus: float = typer.Option(0.0, "--ray-gpus", min=0.0, help="GPUs per Ray actor (fractions allowed)."),
+    heatmap: Optional[Path] = typer.Option(None, "--heatmap", help="Write a class-activation heatmap PNG per answer into DIR (the record's `heatmap`)."),
 ) -> None:
     """Classify scans. Exit code 0 when every input got an answer (ok or rejected), 1 when any failed."""
     from edgedx import api, decode, inputs, limits, outputs, report
@@ -186,6 +187,7 @@ def classify(
         session_options=_session_options(threads, not no_cuda_graph, trust_engine, precision),
         overrides=overrides,
         dicom_uids=dicom_uids,
+        heatmap=heatmap,
     )
     if triton is not None:
         from edgedx.serving import client as triton_client
@@ -196,7 +198,7 @@ def classify(
             "--mean": mean is not None, "--std": std is not None, "--scale": scale is not None, "--resize": resize is not None,
             "--activation": activation is not None, "--no-gate": no_gate, "--audit": audit is not None,
             "--threads": threads is not None, "--no-cuda-graph": no_cuda_graph, "--trust-engine": trust_engine,
-            "--precision": precision is not None, "--dicom-uids": dicom_uids,
+            "--precision": precision is not None, "--dicom-uids": dicom_uids, "--heatmap": heatmap is not None,
         })
         clf = triton_client.TritonClassifier(triton, batch_size=batch_size, concurrency=workers or 4, threshold=threshold)
     else:

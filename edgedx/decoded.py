@@ -28,6 +28,9 @@ class SourceInfo:
     photometric: str | None = None
     modality: str | None = None
     transfer_syntax: str | None = None
+    #: DICOM BodyPartExamined and ViewPosition (code strings, not patient data), for the gate's rules.
+    body_part: str | None = None
+    view_position: str | None = None
     #: DCT scaling denominator of a reduced JPEG decode (``DecodeOptions.target_size``): the image is
     #: about ``width / reduced`` x ``height / reduced``; 1 for a full decode.
     reduced: int = 1

@@ -125,6 +125,8 @@ def _decode(data: bytes, options: DecodeOptions) -> list[Decoded]:
             photometric=photometric,
             modality=printable(str(ds.get("Modality") or ""), 64) or None,
             transfer_syntax=tsyntax.name,
+            body_part=printable(str(ds.get("BodyPartExamined") or "").strip().upper(), 64) or None,
+            view_position=printable(str(ds.get("ViewPosition") or "").strip().upper(), 64) or None,
         )
         out.append(Decoded(image, info))
     return out

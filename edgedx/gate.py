@@ -3,7 +3,12 @@ was never meant to see.
 
 Two kinds of checks:
 - what the manifest's ``accepts`` section declares: DICOM ``modalities``, ``photometric``
-  interpretations, ``min_size`` (shorter side, pixels), ``channels`` of the decoded image;
+  interpretations, ``min_size`` (shorter side, pixels), ``channels`` of the file, ``color``
+  judged from the pixels (an RGB image with three equal channels is gray), and
+  ``dicom_conditions``: DICOM tag rules in the form of a MONAI Deploy series-selector
+  ``conditions`` object (``{"BodyPartExamined": "(?i)^(CHEST|THORAX)$", "ViewPosition": ["PA", "AP"]}``:
+  a string is a regular expression searched in the tag value, a list names the allowed values,
+  case-insensitively; a file without the tag passes that rule); ``description`` is free text;
 - content every model needs: not blank or constant, not saturated.
 
 Reason codes are stable strings, documented in README.md.
@@ -22,7 +27,15 @@ import numpy as np
 SATURATED_FRACTION = 0.95
 #: Pixel-value spread (0..255 domain) below which an image counts as constant.
 CONSTANT_SPREAD = 2.0
-ACCEPTS_KEYS = ("modalities", "photometric", "min_size", "channels")
+#: Mean absolute difference between colour channels (0..255) up to which an RGB image counts as gray
+#: (JPEG chroma rounding of a gray scan stays far below it).
+GRAY_MEAN_DIFF = 3.0
+#: ... and the fraction of sampled pixels allowed to differ by more than 12 levels.
+GRAY_OUTLIER_FRACTION = 0.01
+ACCEPTS_KEYS = ("modalities", "photometric", "min_size", "channels", "color", "dicom_conditions", "description")
+#: DICOM keywords the ``dicom_conditions`` rules can test, and the SourceInfo field holding each.
+DICOM_RULE_FIELDS = {"Modality": "modality", "BodyPartExamined": "body_part", "ViewPosition": "view_position",
+                     "PhotometricInterpretation": "photometric"}
 
 
 @dataclass(frozen=True)
@@ -42,7 +55,14 @@ def validate_accepts(accepts: Mapping[str, Any]) -> list[str]:
             problems.append(f"accepts.{key}: unknown key (known: {', '.join(ACCEPTS_KEYS)})")
         elif key == "min_size" and not (isinstance(value, int) and value >= 1):
             problems.append("accepts.min_size: must be a positive integer")
-        elif key != "min_size" and not (isinstance(value, list) and value):
+        elif key == "description":
+            if not isinstance(value, str):
+                problems.append("accepts.description: must be a string")
+        elif key == "dicom_conditions":
+            problems.extend(_validate_conditions(value))
+        elif key == "color" and isinstance(value, list) and not set(value) <= {"gray", "color"}:
+            problems.append('accepts.color: values must be "gray" or "color"')
+        elif key not in ("min_size", "dicom_conditions") and not (isinstance(value, list) and value):
             problems.append(f"accepts.{key}: must be a non-empty list")
     return problems
 
@@ -69,7 +89,63 @@ def check(image: np.ndarray, info: Any | None, accepts: Mapping[str, Any]) -> Re
     channels = info.channels if info is not None else 1 if image.ndim == 2 else image.shape[2]
     if "channels" in accepts and channels not in accepts["channels"]:
         return Rejection("channels_not_accepted", f"{channels} channel(s); the model accepts {accepts['channels']}")
+    dicom_rules = accepts.get("dicom_conditions") if getattr(info, "format", None) == "dicom" else None
+    if dicom_rules and (rejected := _dicom_rules(info, dicom_rules)) is not None:
+        return rejected
+    if "color" in accepts:
+        kind = pixel_color(image)
+        if kind not in accepts["color"]:
+            return Rejection("color_not_accepted", f"the pixels are {kind}; the model accepts {', '.join(accepts['color'])} images")
     return _content(image)
+
+
+def pixel_color(image: np.ndarray) -> str:
+    """``gray`` or ``color``, judged from the pixels: an RGB image whose channels agree is gray.
+
+    Chest JPEGs are often stored as RGB with three identical channels; a file's channel count says
+    nothing about whether it is a colour photograph.
+    """
+    if image.ndim == 2 or image.shape[2] == 1:
+        return "gray"
+    step = max(1, min(image.shape[:2]) // 128)
+    view = image[::step, ::step, :3].astype(np.float32) * (255.0 / 65535.0 if image.dtype == np.uint16 else 1.0)
+    diff = np.maximum(np.abs(view[..., 0] - view[..., 1]), np.abs(view[..., 1] - view[..., 2]))
+    gray = float(diff.mean()) <= GRAY_MEAN_DIFF and float(np.mean(diff > 12.0)) <= GRAY_OUTLIER_FRACTION
+    return "gray" if gray else "color"
+
+
+def _validate_conditions(rules: Any) -> list[str]:
+    import re
+
+    if not isinstance(rules, Mapping) or not rules:
+        return ["accepts.dicom_conditions: must be a non-empty object of DICOM keyword -> rule"]
+    problems = []
+    for keyword, rule in rules.items():
+        where = f"accepts.dicom_conditions.{keyword}"
+        if keyword not in DICOM_RULE_FIELDS:
+            problems.append(f"{where}: unsupported keyword (supported: {', '.join(DICOM_RULE_FIELDS)})")
+        elif isinstance(rule, str):
+            try:
+                re.compile(rule)
+            except re.error as exc:
+                problems.append(f"{where}: bad regular expression: {exc}")
+        elif not (isinstance(rule, list) and rule and all(isinstance(v, str) for v in rule)):
+            problems.append(f"{where}: must be a regular expression or a non-empty list of values")
+    return problems
+
+
+def _dicom_rules(info: Any, rules: Mapping[str, Any]) -> Rejection | None:
+    import re
+
+    for keyword, rule in rules.items():
+        value = getattr(info, DICOM_RULE_FIELDS.get(keyword, ""), None)
+        if not value:
+            continue  # a file without the tag passes this rule
+        ok = re.search(rule, value) is not None if isinstance(rule, str) else value.upper() in {v.upper() for v in rule}
+        if not ok:
+            wanted = rule if isinstance(rule, str) else ", ".join(rule)
+            return Rejection("dicom_tag_not_accepted", f"DICOM {keyword} {value}; the model accepts {wanted}")
+    return None
 
 
 def _content(image: np.ndarray) -> Rejection | None:

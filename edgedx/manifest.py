@@ -51,6 +51,11 @@ class Manifest:
     accepts: Mapping[str, Any] = field(default_factory=dict)
     engine: Mapping[str, Any] = field(default_factory=dict)
     calibration: Mapping[str, Any] = field(default_factory=dict)
+    #: Extra graph outputs: pooled penultimate features (N, C) and class-activation maps (N, K, h, w).
+    features_output: str | None = None
+    cam_output: str | None = None
+    #: Out-of-distribution score parameters (see :mod:`edgedx.ood`), fitted at export.
+    ood: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def is_binary(self) -> bool:
@@ -82,7 +87,8 @@ class Manifest:
                 "interpolation": p.interpolation.value,
                 "antialias": p.antialias,
             },
-            "output": {"name": self.output_name, "activation": self.activation.value},
+            "output": {"name": self.output_name, "activation": self.activation.value,
+                       **{k: v for k, v in (("features", self.features_output), ("cam", self.cam_output)) if v}},
             "positive_label": self.positive_label,
             "threshold": self.threshold,
             "precision": self.precision,
@@ -94,6 +100,8 @@ class Manifest:
             out["engine"] = dict(self.engine)
         if self.calibration:
             out["calibration"] = dict(self.calibration)
+        if self.ood:
+            out["ood"] = dict(self.ood)
         return out
 
     def to_json(self) -> str:
@@ -170,6 +178,13 @@ def from_dict(data: Any, source: str = "manifest") -> Manifest:
     precision = data.get("precision", "fp32")
     if not isinstance(precision, str) or precision not in PRECISIONS:
         problems.append(f"precision: must be one of {list(PRECISIONS)}, got {precision!r}")
+    for key in ("features", "cam"):
+        if key in out and not (isinstance(out[key], str) and out[key]):
+            problems.append(f"output.{key}: must be the name of a graph output")
+    if "ood" in data:
+        from edgedx.ood import validate as validate_ood
+
+        problems.extend(validate_ood(data["ood"], out.get("features")))
     for name in ("provenance", "accepts", "engine", "calibration"):
         if not isinstance(data.get(name, {}), Mapping):
             problems.append(f"{name}: must be an object")
@@ -198,6 +213,9 @@ def from_dict(data: Any, source: str = "manifest") -> Manifest:
         accepts=dict(data.get("accepts", {})),
         engine=dict(data.get("engine", {})),
         calibration=dict(data.get("calibration") or {}),
+        features_output=out.get("features"),
+        cam_output=out.get("cam"),
+        ood=dict(data.get("ood", {})),
     )
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgedx import decode, dicom_ids, gate, postprocess, preprocess, results
+from edgedx import decode, dicom_ids, gate, postprocess, preprocess, results, trust
 from edgedx.audit import AuditLog
 from edgedx.backends import Session
 from edgedx.errors import EdgedxError, UsageError
@@ -54,6 +54,8 @@ class Item:
     sample: np.ndarray | None = None  # resized pixels, until normalized into the batch buffer
     error_kind: str = "input"  # or "run": reading failed for a reason outside the file
     uids: dict[str, str | None] | None = None  # DICOM identifiers, when asked for
+    seen: np.ndarray | None = None  # resized pixels kept for the heatmap
+    extras: dict[str, np.ndarray] | None = None  # this input's rows of the extra graph outputs
 
     @property
     def ready(self) -> bool:
@@ -68,6 +70,7 @@ class _Batch:
     submitted: bool = False
     raw: np.ndarray | None = None
     error: str | None = None
+    good: list[Item] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -101,8 +104,10 @@ class Pipeline:
     Owns nothing it did not create: the session, the audit log and the manifest are the caller's.
     """
 
-    def __init__(self, session: Session, manifest: Manifest, config: PipelineConfig, facts: RunFacts, audit: AuditLog | None = None) -> None:
+    def __init__(self, session: Session, manifest: Manifest, config: PipelineConfig, facts: RunFacts, audit: AuditLog | None = None,
+                 plan: trust.Plan | None = None) -> None:
         self.session = session
+        self.plan = plan or trust.Plan()
         self.manifest = manifest
         self.config = config
         self.facts = facts
@@ -153,6 +158,7 @@ class Pipeline:
             if item.error is None and item.rejected is None:
                 try:
                     item.sample = preprocess.resize(image, spec)
+                    item.seen = item.sample if self.plan.heatmap_dir is not None else None
                 except EdgedxError as exc:
                     item.error = str(exc)
             out.append(item)
@@ -186,7 +192,7 @@ class Pipeline:
         try:
             for items in batches:
                 entry = _Batch(items)
-                good = [it for it in items if it.ready]
+                good = entry.good = [it for it in items if it.ready]
                 if good:
                     if not held:
                         self._turn.acquire()
@@ -237,7 +243,12 @@ class Pipeline:
             elif (prediction := next(predictions)) is None:  # NaN/inf from the model: never a decision
                 result = results.error(it.path, it.frame, postprocess.NON_FINITE, facts, "input", it.uids)
             else:
-                result = results.ok(it.path, it.frame, prediction, facts, it.uids)
+                verdict = trust.judge(self.plan, self.manifest, it, self.manifest.labels.index(prediction.label))
+                if verdict.rejected is not None:  # out of distribution by the model's own features
+                    result = results.rejected(it.path, it.frame, verdict.rejected.code, verdict.rejected.detail, facts, it.uids)
+                else:
+                    result = results.ok(it.path, it.frame, prediction, facts, it.uids)
+                result.ood_score, result.heatmap = verdict.ood_score, verdict.heatmap
             if self.audit is not None:
                 self.audit.write(result, it.sha256)
             yield result
@@ -283,6 +294,7 @@ class Pipeline:
         if entry.submitted:
             try:
                 entry.raw = self.session.wait()
+                trust.attach(entry.good, self.session.last_extras)
             except EdgedxError as exc:
                 entry.error = str(exc)
         return entry

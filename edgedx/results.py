@@ -29,7 +29,9 @@ class Result:
     ``input`` for an error about the input itself (retrying gives the same answer) and ``run`` for an
     error of the run (a backend failure, a transient read error, no memory; worth retrying).
     ``dicom_uids`` holds the Study, Series and SOP Instance UIDs when asked for
-    (``Classifier(dicom_uids=True)``), else None.
+    (``Classifier(dicom_uids=True)``), else None. ``ood_score`` is the out-of-distribution score of
+    the model's own features (where the manifest fits one), ``heatmap`` the PNG written for this
+    record with ``heatmap=DIR``.
     """
 
     path: str | None
@@ -49,6 +51,8 @@ class Result:
     precision: str | None = None
     error_kind: str | None = None
     dicom_uids: dict[str, str | None] | None = None
+    ood_score: float | None = None
+    heatmap: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

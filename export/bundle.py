@@ -5,6 +5,12 @@
         --accepts '{"modalities": ["CR", "DX"], "photometric": ["MONOCHROME1", "MONOCHROME2"], "min_size": 64}'
 
 
+The graph gets two extra outputs (:mod:`export.explain`): pooled penultimate ``features`` and a
+class-activation map ``cam``; ``--flip-tta`` averages the model over the image and its mirror
+image inside the graph. The out-of-distribution score (:mod:`edgedx.ood`) is fitted on the
+training images' features and its threshold set per file on validation (clean and the shifted
+copy of :mod:`export.shift`) so that at most ``--ood-reject`` of them would be rejected.
+
 Reads ``model.pt`` (a state dict of :class:`export.models.ScreeningCNN`) and ``training.json``
 (written by :mod:`export.train`) from the run, exports ``chest_xray_cnn_fp32.onnx``, and quantizes
 ``chest_xray_cnn_int8.onnx`` for ONNX Runtime on the CPU (U8S8, per-channel weights). With
@@ -69,6 +75,8 @@ def run_manifest(run_dir: Path, info: dict[str, Any], accepts: dict[str, Any] | 
         "train_images": training.get("train_images"),
         "val_images": training.get("val_images"),
         "validation": validation,
+        "validation_shifted": {k: v for k, v in (info.get("validation_shifted") or {}).items() if k != "confusion"} or None,
+        "selected_on": info.get("selected_on"),
         "trained": training.get("date"),
         "training_command": training.get("command"),
         "finalize_command": training.get("finalize_command"),
@@ -102,6 +110,9 @@ def bundle_default(
     split: str | None = None,
     gate: Gate = Gate(),
     accepts: dict[str, Any] | None = None,
+    flip_tta: bool = False,
+    ood_images: int = 1500,
+    ood_reject: float = 0.005,
 ) -> dict[str, Any]:
     """Export a run's model as the bundled FP32 and CPU INT8 ONNX files.
 
@@ -111,6 +122,9 @@ def bundle_default(
             the training data).
         method: calibration method; percentile (99.999) keeps small CNNs' accuracy best in our
             runs, entropy is the alternative.
+        flip_tta: mirror-image test-time augmentation inside the graph.
+        ood_images: training images (evenly spread over ``calib_images``) the OOD score is fitted on.
+        ood_reject: share of validation images (clean and shifted) allowed past the OOD threshold.
 
     Returns:
         A summary: both files' results and, with ``eval_data``, the gate report.
@@ -127,10 +141,30 @@ def bundle_default(
     calib = quant.select_images(calib_images, num_calib)
     arch_kwargs = {"in_channels": manifest.preprocess.channels, "num_classes": len(manifest.labels), "widths": tuple(info["widths"])}
     fp32 = export_torch(run_dir / "model.pt", out_dir / FP32_NAME, manifest, images=quant.select_images(calib, COMPARE_IMAGES),
-                        architecture="screening_cnn", arch_kwargs=arch_kwargs)
+                        architecture="screening_cnn", arch_kwargs=arch_kwargs, explain=True, flip_tta=flip_tta)
+    from edgedx.api import file_sha256
+    from export import trust_fit
+
+    # The FP32 file is final (OOD parameters and threshold) before it is quantized, so the INT8
+    # model's provenance names the hash of the FP32 file that ships.
+    train_feats = trust_fit.features(out_dir / FP32_NAME, quant.select_images(calib_images, ood_images))
+    trust_fit.set_ood(out_dir / FP32_NAME, trust_fit.fit_params(train_feats), None)
+    report: dict[str, Any] = {}
+    sets = trust_fit.validation_sets(Path(eval_data), info) if eval_data is not None else None
+    if sets is not None:
+        report[FP32_NAME] = trust_fit.finish_one(out_dir / FP32_NAME, sets, ood_reject)
+    fp32["sha256"] = file_sha256(out_dir / FP32_NAME)
     options = quant.QuantizeOptions(target=quant.Target.CPU, method=quant.Method(method), num_images=num_calib, cache_dir=run_dir)
     int8 = quant.quantize(out_dir / FP32_NAME, out_dir / INT8_NAME, calib, options, eval_data=eval_data, split=split, gate=gate)
-    return {"fp32": {k: v for k, v in fp32.items() if k != "manifest"}, "int8": int8, "manifest": fp32["manifest"]}
+    if sets is not None:
+        report[INT8_NAME] = trust_fit.finish_one(out_dir / INT8_NAME, sets, ood_reject)
+        report["cam_correlation_fp32_int8"] = trust_fit.cam_agreement(out_dir / FP32_NAME, out_dir / INT8_NAME, sets["val"].images)
+        int8["sha256"] = file_sha256(out_dir / INT8_NAME)
+    summary = {"fp32": {k: v for k, v in fp32.items() if k != "manifest"}, "int8": int8, "validation": report}
+    from edgedx.manifest import load as load_manifest
+
+    summary["manifest"] = load_manifest(out_dir / INT8_NAME).to_dict()
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--method", choices=["minmax", "entropy", "percentile"], default="percentile")
     ap.add_argument("--eval", dest="eval_data", default=None, help="labelled data (class folders or .npz) for the INT8 gate")
     ap.add_argument("--split", default=None)
+    ap.add_argument("--flip-tta", action="store_true", help="average over the image and its mirror image, inside the graph")
+    ap.add_argument("--ood-reject", type=float, default=0.005,
+                    help="share of validation chest X-rays (clean and shifted) the OOD threshold may reject")
     ap.add_argument("--accepts", type=json.loads, default=None,
                     help='the input gate\'s section as JSON, e.g. \'{"modalities": ["CR", "DX"], "min_size": 64}\'')
     args = ap.parse_args(argv)
@@ -149,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         summary = bundle_default(args.run_dir, args.out, expand_paths([args.calib_dir]), args.eval_data,
-                                 num_calib=args.num_calib, method=args.method, split=args.split, accepts=args.accepts)
+                                 num_calib=args.num_calib, method=args.method, split=args.split, accepts=args.accepts,
+                                 flip_tta=args.flip_tta, ood_reject=args.ood_reject)
     except EdgedxError as exc:
         print(f"edgedx: error: {exc}", file=sys.stderr)
         return exc.exit_code

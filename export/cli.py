@@ -128,7 +128,7 @@ def quantize_command(
     num_images: int = typer.Option(200, "--num-images", min=1, help="Calibration images (evenly spread over --calib)."),
     exclude: Optional[List[str]] = typer.Option(None, "--exclude", help="Node names or op types to keep in float (repeatable or comma-separated)."),
     float_input_layer: bool = typer.Option(True, "--float-input-layer/--quantize-input-layer", help="Keep the layer that reads the image in float (default: ONNX Runtime's int8 kernels saturate on CPUs without VNNI, worst there)."),
-    reduce_range: bool = typer.Option(False, "--reduce-range", help="7-bit weights: no int8 saturation in ONNX Runtime on x86 CPUs without VNNI (AVX2 only)."),
+    reduce_range: bool = typer.Option(True, "--reduce-range/--full-range", help="CPU target: 7-bit weights (default), no int8 saturation in ONNX Runtime on x86 CPUs without VNNI; --full-range for 8-bit weights. TensorRT ignores it."),
     percentile: float = typer.Option(99.999, min=90.0, max=100.0, help="--method percentile: the cut-off."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Recalibrate even when cached ranges exist."),
     eval_data: Optional[Path] = typer.Option(None, "--eval", help="Labelled data (class folders or .npz): the INT8 model must pass the gate against the input."),
@@ -317,6 +317,8 @@ def eval_command(
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw ROC (with the operating point), confusion matrix and reliability diagram into FILE.png (needs matplotlib)."),
     labels: Optional[str] = typer.Option(None, help="A model without a manifest: its labels in output order (the rest is assumed, with a warning; `export onnx` attaches a manifest for good)."),
+    heatmap_summary: bool = typer.Option(False, "--heatmap-summary",
+                                         help="Also report how much of the class-activation maps' mass lies on the image border and corners."),
 ) -> None:
     """Evaluate a model on labelled data: metrics with 95% intervals, Brier score, calibration error, ROC, confusion matrix."""
     from edgedx import evaluate
@@ -336,6 +338,10 @@ def eval_command(
     with Classifier(model, backend.value, threshold=threshold, batch_size=batch_size, overrides=overrides) as clf:
         dataset = evaluate.load_dataset(data, clf.manifest.labels, split).limit(limit)
         report = evaluate.evaluate(clf, dataset, threshold, batch_size)
+        if heatmap_summary:
+            from edgedx import heatmap
+
+            report["heatmap_summary"] = heatmap.summarize(clf, dataset, batch_size)
     if plot is not None:
         from export.plots import plot_report
 
@@ -356,6 +362,13 @@ def eval_command(
     print(_confusion_text(report["labels"], report["confusion"]))
     if "plot" in report:
         print(f"plot         {report['plot']}")
+    if "heatmap_summary" in report:
+        h = report["heatmap_summary"]
+        print(f"heatmaps     mass on the {h['border_band']:.0%} border band {h['all']['border']:.3f} (uniform {h['uniform']['border']:.3f}), "
+              f"in the corners {h['all']['corners']:.3f} (uniform {h['uniform']['corners']:.3f}); "
+              f"border-heavy maps {h['border_heavy']:.1%}")
+        for label, part in h["by_label"].items():
+            print(f"  {label:10} border {part['border']:.3f}  corners {part['corners']:.3f}  n={part['n']}")
 
 
 # -- rendering and option helpers -----------------------------------------------------------------

@@ -187,3 +187,58 @@ def resnet50(num_classes: int = 1000, in_channels: int = 3) -> TorchvisionResNet
 ARCHITECTURES.update(resnet18=resnet18, resnet34=resnet34, resnet50=resnet50)
 #: Architectures whose class count and input channels are read from the state dict itself.
 SHAPED_BY_WEIGHTS = {"resnet18", "resnet34", "resnet50"}
+
+
+def load_folded_onnx(model: nn.Module, path: str) -> int:
+    """Warm-start ``model`` from an ONNX export of the same architecture whose BatchNorm layers were
+    folded into the convolutions (what :mod:`export.to_onnx` writes).
+
+    Each Conv2d gets the folded weight, and its BatchNorm becomes the identity carrying the folded
+    bias (scale 1, running mean 0, running variance 1 - eps); the last Linear gets the Gemm's
+    weights. Train such a model with frozen BatchNorm statistics (:func:`freeze_batchnorm`).
+    Returns the number of layers loaded.
+
+    Raises:
+        ValueError: the ONNX graph's convolutions or head do not fit ``model``.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(path).graph
+    init = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    gemms = [n for n in graph.node if n.op_type == "Gemm"]
+    pairs, modules = [], list(model.modules())
+    for i, m in enumerate(modules):
+        if isinstance(m, nn.Conv2d):
+            bn = modules[i + 1] if i + 1 < len(modules) and isinstance(modules[i + 1], nn.BatchNorm2d) else None
+            pairs.append((m, bn))
+    linears = [m for m in modules if isinstance(m, nn.Linear)]
+    if len(convs) != len(pairs) or len(gemms) != 1 or len(linears) != 1:
+        raise ValueError(f"{path}: {len(convs)} convolutions and {len(gemms)} Gemm for a model with {len(pairs)} and {len(linears)}")
+    with torch.no_grad():
+        for node, (conv, bn) in zip(convs, pairs):
+            w = torch.from_numpy(init[node.input[1]].copy())
+            if w.shape != conv.weight.shape:
+                raise ValueError(f"{path}: {node.name} has weights {tuple(w.shape)}, the model {tuple(conv.weight.shape)}")
+            conv.weight.copy_(w)
+            b = torch.from_numpy(init[node.input[2]].copy()) if len(node.input) > 2 else torch.zeros(w.shape[0])
+            if bn is None:
+                raise ValueError(f"{path}: a convolution without BatchNorm to carry the folded bias")
+            bn.weight.fill_(1.0)
+            bn.bias.copy_(b)
+            bn.running_mean.zero_()
+            bn.running_var.fill_(1.0 - bn.eps)
+        g = gemms[0]
+        w = torch.from_numpy(init[g.input[1]].copy())
+        trans_b = any(a.name == "transB" and a.i for a in g.attribute)
+        linears[0].weight.copy_(w if trans_b else w.T)
+        linears[0].bias.copy_(torch.from_numpy(init[g.input[2]].copy()))
+    return len(pairs) + 1
+
+
+def freeze_batchnorm(model: nn.Module) -> None:
+    """Put every BatchNorm layer in eval mode (running statistics; call after ``model.train()``)."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()

@@ -127,6 +127,8 @@ def export_torch(
     simplify: bool = False,
     dynamic_batch: bool = True,
     tolerance: Tolerance = Tolerance(),
+    explain: bool = False,
+    flip_tta: bool = False,
 ) -> dict[str, Any]:
     """Export a PyTorch model to ``output`` and check it against the source on ``images``.
 
@@ -139,6 +141,9 @@ def export_torch(
         opset: ONNX opset (ExportedPrograms get at least 18).
         simplify: run onnxslim (or onnx-simplifier) on the graph.
         dynamic_batch: a dynamic batch axis; otherwise batch 1.
+        explain: add the ``features`` and ``cam`` outputs (models with global average pooling and
+            one linear head, see :mod:`export.explain`); the export log says why when it cannot.
+        flip_tta: average the model over the image and its mirror image, inside the graph.
 
     Returns:
         A summary: output, sha256, opset, comparison results, manifest.
@@ -156,18 +161,29 @@ def export_torch(
         fn = model.module()
     else:
         fn = model.eval()
+    output_names = [OUTPUT_NAME]
+    if (explain or flip_tta) and kind != "exported_program":
+        from export.explain import explainable
+
+        fn, names, why_not = explainable(fn, flip_tta)
+        model = fn
+        if explain:
+            output_names = names
+            if why_not:
+                log.warning("no class-activation map or feature output: %s", why_not)
     example = torch.from_numpy(preprocess.apply_batch(_cycle(decoded, fixed_batch or (2 if dynamic_batch else 1)), spec))
 
     def run_source(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return fn(torch.from_numpy(batch)).float().numpy()
+            out = fn(torch.from_numpy(batch))
+            return (out[0] if isinstance(out, (tuple, list)) else out).float().numpy()
 
     with tempfile.TemporaryDirectory(prefix="edgedx-export-") as tmp:
         raw = Path(tmp) / "model.onnx"
         if kind == "exported_program":
             opset = _export_program(model, example, raw, opset)
         else:
-            export_legacy(model, example, raw, opset, dynamic_batch)
+            export_legacy(model, example, raw, opset, dynamic_batch, output_names)
         info = {"from": kind, "exporter": f"torch {torch.__version__}" + (" dynamo" if kind == "exported_program" else " torchscript")}
         return finish_export(raw, output, manifest, decoded, run_source, info, opset=opset, simplify=simplify, tolerance=tolerance,
                              source_batch=fixed_batch)
@@ -188,14 +204,15 @@ def _cycle(images: list[np.ndarray], n: int) -> list[np.ndarray]:
     return [images[i % len(images)] for i in range(n)]
 
 
-def export_legacy(model: Any, example: Any, path: Path, opset: int, dynamic_batch: bool) -> None:
+def export_legacy(model: Any, example: Any, path: Path, opset: int, dynamic_batch: bool,
+                  output_names: Sequence[str] = (OUTPUT_NAME,)) -> None:
     """Export ``model`` with the TorchScript-based exporter (``dynamo=False``), quietly; the input
     and output names of every edgedx export. Used where ``torch.export`` cannot trace the model."""
     torch = require("torch")
-    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+    axes = {name: {0: "batch"} for name in (INPUT_NAME, *output_names)} if dynamic_batch else None
     try:
         with quiet():
-            torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME], output_names=list(output_names),
                               opset_version=opset, dynamic_axes=axes, do_constant_folding=True, dynamo=False)
     except Exception as exc:
         raise ModelError(f"torch.onnx.export failed: {first_line(exc)}") from exc
@@ -250,9 +267,12 @@ def finish_export(
         model = simplify_model(model)
         info["simplified"] = True
     initializers = {t.name for t in model.graph.initializer}
+    outputs = [o.name for o in model.graph.output]
     manifest = manifest.with_changes(
         input_name=next(i.name for i in model.graph.input if i.name not in initializers),
-        output_name=model.graph.output[0].name,
+        output_name=outputs[0],
+        features_output="features" if "features" in outputs else None,
+        cam_output="cam" if "cam" in outputs else None,
         precision="fp32",
         provenance={**dict(manifest.provenance), "export": {**info, "opset": opset, "date": time.strftime("%Y-%m-%d")}},
     )

@@ -39,7 +39,8 @@ from torch import nn
 from edgedx import decode, metrics, preprocess
 from edgedx.calibration import fit_platt
 from edgedx.preprocess import PreprocessSpec
-from export.models import ScreeningCNN
+from export.models import ScreeningCNN, freeze_batchnorm, load_folded_onnx
+from export.shift import Augmenter, shifted_copy  # noqa: F401  (Augmenter: public here since 0.1)
 
 MEDMNIST_LABELS = {
     "pneumoniamnist": ["normal", "pneumonia"],
@@ -136,40 +137,6 @@ def load_npz(path: Path) -> tuple[Dataset, Dataset, list[str]]:
     return make("train"), make("val"), classes
 
 
-class Augmenter:
-    """Random geometry and acquisition changes in the pixel domain (float32, 0..255)."""
-
-    def __init__(self, rng: np.random.Generator, strength: float = 1.0) -> None:
-        self.rng, self.s = rng, strength
-
-    def __call__(self, img: np.ndarray) -> np.ndarray:
-        r, s = self.rng, self.s
-        h, w = img.shape[:2]
-        x = img.astype(np.float32)
-        angle = r.uniform(-10, 10) * s
-        zoom = math.exp(r.uniform(math.log(0.85), math.log(1.15)) * s)
-        shift = r.uniform(-0.08, 0.08, 2) * s * (w, h)
-        m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, zoom)
-        m[:, 2] += shift
-        x = cv2.warpAffine(x, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        if r.random() < 0.5:
-            x = x[:, ::-1]
-        if r.random() < 0.8:  # exposure and contrast
-            gamma = math.exp(r.uniform(-0.45, 0.45) * s)
-            x = 255.0 * (np.clip(x, 0, 255) / 255.0) ** gamma
-            mean = float(x.mean())
-            x = (x - mean) * r.uniform(1 - 0.3 * s, 1 + 0.3 * s) + mean + r.uniform(-25, 25) * s
-        if r.random() < 0.3 * s:  # lower acquisition resolution
-            f = r.uniform(0.35, 0.75)
-            small = cv2.resize(x, (max(8, int(w * f)), max(8, int(h * f))), interpolation=cv2.INTER_AREA)
-            x = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
-        elif r.random() < 0.2 * s:
-            x = cv2.GaussianBlur(x, (0, 0), r.uniform(0.5, 1.5))
-        if r.random() < 0.2 * s:
-            x = x + r.normal(0, r.uniform(2, 8), x.shape).astype(np.float32)
-        return np.ascontiguousarray(np.clip(x, 0, 255), dtype=np.float32)
-
-
 def batches(data: Dataset, spec: PreprocessSpec, batch_size: int, augment: Augmenter | None, order: np.ndarray):
     buf = spec.buffer(batch_size)
     for start in range(0, len(order), batch_size):
@@ -229,8 +196,13 @@ def fold_platt(model: ScreeningCNN, a: float, b: float, pos_index: int) -> None:
 
 
 def finalize(model: ScreeningCNN, train: Dataset, val: Dataset, spec: PreprocessSpec, pos_index: int | None, target: float,
-             bn_recalibrate: bool = False) -> dict:
+             bn_recalibrate: bool = False, shifted: Dataset | None = None) -> dict:
     """Calibrated probabilities (binary models), then the threshold; optionally clean BatchNorm statistics first.
+
+    With a ``shifted`` validation set (see :mod:`export.shift`), Platt scaling is fitted on it (its
+    class mix is the shifted prior) and the threshold is the lower of the two sets' thresholds, each
+    the highest whose sensitivity reaches ``target`` at the 95% Wilson lower bound: the operating
+    point has to hold on both the clean and the shifted images.
 
     BatchNorm re-estimation is off by default: on the validation splits it lowered AUC slightly for
     PneumoniaMNIST and BreastMNIST, and the statistics of augmented batches span more acquisitions.
@@ -239,19 +211,35 @@ def finalize(model: ScreeningCNN, train: Dataset, val: Dataset, spec: Preprocess
     if bn_recalibrate:
         recalibrate_batchnorm(model, train, spec)
         out["batchnorm"] = "re-estimated on clean training images"
+    calib = shifted if shifted is not None else val
     if pos_index is not None:
-        logits = predict_logits(model, val, spec)
+        logits = predict_logits(model, calib, spec)
         margin = logits[:, pos_index] - logits[:, 1 - pos_index]
-        a, b = fit_platt(margin, val.labels == pos_index)
+        a, b = fit_platt(margin, calib.labels == pos_index)
         fold_platt(model, a, b, pos_index)
-        out["platt"] = {"a": a, "b": b, "fitted_on": "validation split"}
+        out["platt"] = {"a": a, "b": b, "fitted_on": "shifted validation set" if shifted is not None else "validation split"}
     probs = predict(model, val, spec)
+    probs_shifted = predict(model, shifted, spec) if shifted is not None else None
     threshold = None
     if pos_index is not None:
         threshold = metrics.threshold_for_sensitivity(val.labels == pos_index, probs[:, pos_index], target)
+        out["threshold_clean"] = threshold
+        if probs_shifted is not None:
+            out["threshold_shifted"] = metrics.threshold_for_sensitivity(shifted.labels == pos_index, probs_shifted[:, pos_index], target)
+            threshold = min(threshold, out["threshold_shifted"])
     out["threshold"] = threshold
     out["validation"] = metrics.summarize(val.labels, probs, pos_index, threshold)
+    if probs_shifted is not None:
+        out["validation_shifted"] = metrics.summarize(shifted.labels, probs_shifted, pos_index, threshold)
     return out
+
+
+def make_shifted(val: Dataset, pos_index: int | None, seed: int) -> Dataset | None:
+    """The shifted validation set of :mod:`export.shift` (gray images only), or None."""
+    if not val.images or val.images[0].ndim != 2:
+        return None
+    images, labels, idx = shifted_copy(val.images, val.labels, pos_index, seed + 1000)
+    return Dataset(images, labels, [val.groups[i] for i in idx])
 
 
 def dataset_stats(data: Dataset, spec: PreprocessSpec, n: int = 512) -> tuple[float, float]:
@@ -281,6 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--finalize-only", action="store_true",
                     help="re-run only the final step (BatchNorm statistics, calibration, threshold) on OUT/model_raw.pt")
+    ap.add_argument("--crop-scale", default="0.4,1.0", help="area fractions of the random resized crop (training augmentation)")
+    ap.add_argument("--init-onnx", type=Path, default=None,
+                    help="warm start from an FP32 ONNX export of the same architecture (BatchNorm folded; statistics frozen)")
+    ap.add_argument("--select-on", choices=["shifted", "clean"], default="shifted",
+                    help="validation set whose AUC picks the best epoch (shifted: the acquisition-shifted copy)")
     ap.add_argument("--bn-recalibrate", action="store_true", help="re-estimate BatchNorm statistics on clean images before calibrating")
     ap.add_argument("--link-split", type=Path, default=None, metavar="DIR",
                     help="only write DIR/train and DIR/val symlink folders of this run's patient split, then exit")
@@ -303,27 +296,43 @@ def main(argv: list[str] | None = None) -> int:
         positive = args.positive or ("PNEUMONIA" if "PNEUMONIA" in classes else None)
     if len(classes) != 2:
         positive = None
+    shifted = make_shifted(val, classes.index(positive) if positive else None, args.seed)
     channels = 3 if train.images[0].ndim == 3 else 1
     if args.finalize_only:
-        return finalize_only(args, argv, train, val, classes, positive)
-    log(f"{len(train.labels)} train / {len(val.labels)} val images, classes {classes}, counts {dict(Counter(train.labels.tolist()))}")
+        return finalize_only(args, argv, train, val, classes, positive, shifted)
+    log(f"{len(train.labels)} train / {len(val.labels)} val / {len(shifted.labels) if shifted else 0} shifted val images, "
+        f"classes {classes}, counts {dict(Counter(train.labels.tolist()))}")
 
     spec = PreprocessSpec(width=args.size, height=args.size, channels=channels)
     mean, std = dataset_stats(train, spec)
     spec = spec.with_changes(mean=(round(mean, 4),), std=(round(std, 4),))
     model = ScreeningCNN(channels, len(classes), tuple(int(w) for w in args.widths.split(",")))
+    if args.init_onnx is not None:
+        from edgedx import manifest as manifest_mod
+
+        source = manifest_mod.load(args.init_onnx)
+        if source is not None:  # the source's preprocessing is what its weights expect
+            spec = source.preprocess.with_changes(width=args.size, height=args.size)
+        log(f"warm start: {load_folded_onnx(model, str(args.init_onnx))} layers from {args.init_onnx}")
     counts = np.bincount(train.labels, minlength=len(classes)).astype(np.float64)
     weights = torch.tensor(counts.sum() / (len(classes) * np.maximum(counts, 1)), dtype=torch.float32)
     loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=0.05)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs, eta_min=args.lr / 50)
-    augment = Augmenter(rng)
+    # Cosine decay over the planned epochs; after the first epoch the plan shrinks to what fits in
+    # --max-minutes, so a budget-stopped run still ends at a low learning rate.
+    plan = {"epochs": args.epochs}
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda e: 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, e / max(1, plan["epochs"])))))
+    lo, hi = (float(v) for v in args.crop_scale.split(","))
+    augment = Augmenter(rng, crop_scale=(lo, hi))
     pos_index = classes.index(positive) if positive else None
 
     args.out.mkdir(parents=True, exist_ok=True)
     best, best_state, history, stale = -math.inf, None, [], 0
     for epoch in range(1, args.epochs + 1):
         model.train()
+        if args.init_onnx is not None:
+            freeze_batchnorm(model)
         t0, total, n = time.perf_counter(), 0.0, 0
         for x, y in batches(train, spec, args.batch_size, augment, rng.permutation(len(train.labels))):
             opt.zero_grad(set_to_none=True)
@@ -335,8 +344,25 @@ def main(argv: list[str] | None = None) -> int:
         probs = predict(model, val, spec)
         report = metrics.summarize(val.labels, probs, pos_index)
         score = report["auc"] if report["auc"] is not None else report["accuracy"]
-        history.append({"epoch": epoch, "train_loss": total / n, "seconds": time.perf_counter() - t0, **report})
-        log(f"epoch {epoch}: loss {total / n:.4f} val acc {report['accuracy']:.4f} auc {report['auc']} ({time.perf_counter() - t0:.0f}s)")
+        entry = {"epoch": epoch, "train_loss": total / n, "lr": opt.param_groups[0]["lr"], **report}
+        msg = f"val acc {report['accuracy']:.4f} auc {report['auc']}"
+        if shifted is not None:
+            shifted_report = metrics.summarize(shifted.labels, predict(model, shifted, spec), pos_index)
+            entry["shifted"] = shifted_report
+            msg += f" | shifted acc {shifted_report['accuracy']:.4f} auc {shifted_report['auc']}"
+            if args.select_on == "shifted":
+                score = shifted_report["auc"] if shifted_report["auc"] is not None else shifted_report["accuracy"]
+        entry["seconds"] = time.perf_counter() - t0
+        history.append(entry)
+        # Budget the schedule after every epoch: the epochs that fit in what is left of --max-minutes
+        # at the mean epoch time so far (the machine may be shared), never more than --epochs.
+        left = args.max_minutes - (time.perf_counter() - t_start) / 60
+        mean_minutes = float(np.mean([h["seconds"] for h in history])) / 60
+        fits = min(args.epochs, epoch + int(left / mean_minutes))
+        if fits != plan["epochs"]:
+            plan["epochs"] = max(epoch, fits)
+            log(f"schedule: {plan['epochs']} epochs in all fit in {args.max_minutes} minutes ({mean_minutes * 60:.0f}s an epoch)")
+        log(f"epoch {epoch}: loss {total / n:.4f} {msg} ({entry['seconds']:.0f}s)")
         if score > best + 1e-4:
             best, stale = score, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -347,13 +373,15 @@ def main(argv: list[str] | None = None) -> int:
         if stale >= args.patience:
             log(f"early stop: no validation gain in {args.patience} epochs")
             break
+        if epoch >= plan["epochs"]:
+            break
         if elapsed_min > args.max_minutes:
             log(f"stop: time budget of {args.max_minutes} minutes reached")
             break
 
     model.load_state_dict(best_state)
     torch.save(best_state, args.out / "model_raw.pt")
-    done = finalize(model, train, val, spec, pos_index, args.target_sensitivity, args.bn_recalibrate)
+    done = finalize(model, train, val, spec, pos_index, args.target_sensitivity, args.bn_recalibrate, shifted)
     torch.save(model.state_dict(), args.out / "model.pt")
     threshold, final = done["threshold"], done["validation"]
     minutes = (time.perf_counter() - t_start) / 60
@@ -366,14 +394,18 @@ def main(argv: list[str] | None = None) -> int:
         "preprocess": {"width": spec.width, "height": spec.height, "channels": spec.channels, "resize": spec.resize.value,
                        "scale": spec.scale, "mean": list(spec.mean), "std": list(spec.std)},
         "validation": final,
-        "calibration": {k: v for k, v in done.items() if k not in ("threshold", "validation")},
+        "validation_shifted": done.get("validation_shifted"),
+        "selected_on": f"{args.select_on} validation AUC" if shifted is not None else "validation AUC",
+        "calibration": {k: v for k, v in done.items() if k not in ("threshold", "validation", "validation_shifted")},
         "training": {
             "command": "python -m export.train " + " ".join(sys.argv[1:] if argv is None else argv),
             "data": str(args.data),
             "train_images": len(train.labels),
             "val_images": len(val.labels),
+            "shifted_val_images": len(shifted.labels) if shifted is not None else 0,
             "split": "patient-grouped, class-stratified" if args.data.suffix != ".npz" else "MedMNIST train/val",
             "epochs_run": len(history),
+            "init": str(args.init_onnx) if args.init_onnx is not None else None,
             "minutes": round(minutes, 1),
             "torch": torch.__version__,
             "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
@@ -386,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def finalize_only(args: argparse.Namespace, argv: list[str] | None, train: Dataset, val: Dataset, classes: list[str], positive: str | None) -> int:
+def finalize_only(args: argparse.Namespace, argv: list[str] | None, train: Dataset, val: Dataset, classes: list[str], positive: str | None,
+                  shifted: Dataset | None = None) -> int:
     """Finalize a finished run again (or a run made before the final step existed)."""
     summary = json.loads((args.out / "training.json").read_text())
     raw = args.out / "model_raw.pt"
@@ -398,11 +431,11 @@ def finalize_only(args: argparse.Namespace, argv: list[str] | None, train: Datas
     model.load_state_dict(torch.load(raw, weights_only=True))
     t0 = time.perf_counter()
     done = finalize(model, train, val, spec, classes.index(positive) if positive else None, args.target_sensitivity,
-                    args.bn_recalibrate)
+                    args.bn_recalibrate, shifted)
     torch.save(model.state_dict(), args.out / "model.pt")
     summary["validation_before_finalize"] = summary.get("validation_before_finalize", summary["validation"])
-    summary.update(threshold=done["threshold"], validation=done["validation"],
-                   calibration={k: v for k, v in done.items() if k not in ("threshold", "validation")})
+    summary.update(threshold=done["threshold"], validation=done["validation"], validation_shifted=done.get("validation_shifted"),
+                   calibration={k: v for k, v in done.items() if k not in ("threshold", "validation", "validation_shifted")})
     summary["training"]["finalize_command"] = "python -m export.train " + " ".join(sys.argv[1:] if argv is None else argv)
     (args.out / "training.json").write_text(json.dumps(summary, indent=2))
     log(f"finalized in {time.perf_counter() - t0:.0f}s: validation {json.dumps(done['validation'])}")

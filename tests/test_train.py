@@ -11,8 +11,8 @@ from tests.conftest import XRAY, need
 
 torch = pytest.importorskip("torch")
 
-from export import train  # noqa: E402
-from export.models import ScreeningCNN  # noqa: E402
+from export import train
+from export.models import ScreeningCNN
 
 
 def test_one_epoch_smoke_run_writes_a_finalized_model(tmp_path):
@@ -25,7 +25,9 @@ def test_one_epoch_smoke_run_writes_a_finalized_model(tmp_path):
     assert summary["labels"] == ["NORMAL", "PNEUMONIA"] and summary["positive_label"] == "PNEUMONIA"
     assert 0.0 <= summary["threshold"] <= 1.0
     assert summary["training"]["epochs_run"] == 1 and summary["training"]["split"].startswith("patient-grouped")
-    assert summary["calibration"]["platt"]["fitted_on"] == "validation split"
+    assert summary["calibration"]["platt"]["fitted_on"] == "shifted validation set"
+    assert summary["validation_shifted"]["n"] > 0 and summary["selected_on"] == "shifted validation AUC"
+    assert summary["threshold"] == min(summary["calibration"]["threshold_clean"], summary["calibration"]["threshold_shifted"])
     assert set(summary["validation"]) >= {"accuracy", "auc", "sensitivity", "specificity", "confusion"}
     state = torch.load(out / "model.pt", weights_only=True)
     model = ScreeningCNN(1, 2, (8, 8, 16))
@@ -94,6 +96,58 @@ def test_link_split_matches_the_training_split(tmp_path):
     val = {p.name for p in (tmp_path / "split" / "val").rglob("*.jpeg")}
     tr = {p.name for p in (tmp_path / "split" / "train").rglob("*.jpeg")}
     assert val and tr and not val & tr and len(val | tr) == 8
-    patients = lambda names: {train.patient_id(n) for n in names}  # noqa: E731
+    patients = lambda names: {train.patient_id(n) for n in names}
     assert not patients(val) & patients(tr)
     assert all(p.is_symlink() for p in (tmp_path / "split").rglob("*.jpeg"))
+
+
+def test_shifted_validation_is_reproducible_with_the_asked_class_mix():
+    from export.shift import class_mix, shifted_copy
+
+    rng = np.random.default_rng(0)
+    labels = np.array([1] * 300 + [0] * 100)
+    idx = class_mix(labels, 1, 0.625, rng)
+    assert abs(labels[idx].mean() - 0.625) < 0.01 and (labels[idx] == 0).sum() == 100
+    images = [rng.integers(0, 256, (48, 40), dtype=np.uint8) for _ in range(len(labels))]
+    a, _, ia = shifted_copy(images, labels, 1, seed=3)
+    b, _, ib = shifted_copy(images, labels, 1, seed=3)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b)) and np.array_equal(ia, ib)
+    assert a[0].dtype == np.uint8 and a[0].shape == (48, 40)
+    assert any(not np.array_equal(x, images[i]) for x, i in zip(a, ia))
+
+
+def test_augmenter_keeps_shape_and_range():
+    from export.shift import Augmenter
+
+    aug = Augmenter(np.random.default_rng(0))
+    img = np.random.default_rng(1).integers(0, 256, (64, 56)).astype(np.uint8)
+    outs = [aug(img) for _ in range(20)]
+    assert all(o.shape == (64, 56) and o.dtype == np.float32 and 0 <= o.min() and o.max() <= 255 for o in outs)
+    assert len({o.tobytes() for o in outs}) == 20
+
+
+def test_warm_start_from_a_folded_onnx_export_reproduces_the_model(tmp_path):
+    pytest.importorskip("onnx")
+    from edgedx import manifest as manifest_mod
+    from export.models import load_folded_onnx
+    from export.to_onnx import export_torch
+    from tests.factories import frame, manifest_dict
+
+    torch.manual_seed(0)
+    model = ScreeningCNN(1, 2, (4, 8, 8))
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so folding matters
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    out = tmp_path / "m.onnx"
+    export_torch(model, out, manifest_mod.from_dict(manifest_dict(size=32)), images=[frame(32, 32, seed=i) for i in range(2)])
+    again = ScreeningCNN(1, 2, (4, 8, 8))
+    assert load_folded_onnx(again, str(out)) == 6  # 5 convolutions and the head
+    again.eval()
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), again(x), atol=1e-4)
+    with pytest.raises(ValueError):
+        load_folded_onnx(ScreeningCNN(1, 2, (4, 8)), str(out))

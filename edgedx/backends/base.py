@@ -122,7 +122,11 @@ class Session(ABC):
         self.manifest: Manifest | None = None
         self._in_flight = 0
         self._buffer: np.ndarray | None = None
-        self._outputs: deque[np.ndarray] = deque()
+        self._outputs: deque[tuple[np.ndarray, dict[str, np.ndarray]]] = deque()
+        #: Extra graph outputs fetched with every batch (:meth:`request_outputs`).
+        self.extra_outputs: tuple[str, ...] = ()
+        #: The extra outputs of the batch the last :meth:`wait` returned (name -> (N, ...) float32).
+        self.last_extras: dict[str, np.ndarray] = {}
         if self.options.precision is not None and self.options.precision not in self.precisions:
             offered = f"choose {', '.join(self.precisions)}" if self.precisions else "it runs the model file as stored"
             raise UsageError(f"backend {self.name} cannot be asked for {self.options.precision} inference precision: {offered}")
@@ -225,6 +229,42 @@ class Session(ABC):
         self.submit(batch)
         return self.wait()
 
+    @property
+    def supports_extra_outputs(self) -> bool:
+        """Whether :meth:`request_outputs` can add graph outputs on this backend."""
+        return type(self)._run_with is not Session._run_with
+
+    def request_outputs(self, names: tuple[str, ...]) -> None:
+        """Fetch these graph outputs too (penultimate features, class-activation maps) with every
+        batch from now on; after each :meth:`wait`, :attr:`last_extras` holds that batch's rows.
+
+        Raises:
+            BackendError: the backend cannot return extra outputs.
+        """
+        self._check_open()
+        if names and not self.supports_extra_outputs:
+            raise BackendError(f"the {self.name} backend does not return extra outputs ({', '.join(names)}) yet")
+        self.extra_outputs = tuple(names)
+
+    def run_with(self, batch: np.ndarray, names: tuple[str, ...]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """:meth:`run`, plus the named extra outputs of this batch (the outputs requested for every
+        batch stay as they were).
+
+        Raises:
+            BackendError: the backend cannot return extra outputs, or failed on this batch.
+        """
+        previous = self.extra_outputs
+        self.request_outputs(tuple(dict.fromkeys((*previous, *names))))
+        try:
+            raw = self.run(batch)
+            return raw, {n: self.last_extras[n] for n in names}
+        finally:
+            self.extra_outputs = previous
+
+    def _run_with(self, batch: np.ndarray, names: tuple[str, ...]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """One-slot backends that can fetch extra outputs implement this (first output, named extras)."""
+        raise BackendError(f"the {self.name} backend does not return extra outputs ({', '.join(names)}) yet")
+
     def close(self) -> None:
         """Release the model and every buffer handed out; later calls raise :class:`UsageError`."""
         if not self._closed:
@@ -263,12 +303,16 @@ class Session(ABC):
         return self._buffer[:batch_size]
 
     def _submit(self, batch: np.ndarray) -> None:
-        """One-slot default: run now, keep the output for :meth:`_wait`."""
+        """One-slot default: run now, keep the output (and any extra outputs) for :meth:`_wait`."""
         self._check_limit(batch.shape[0])
-        self._outputs.append(self._run(batch))
+        if self.extra_outputs:
+            self._outputs.append(self._run_with(batch, self.extra_outputs))
+        else:
+            self._outputs.append((self._run(batch), {}))
 
     def _wait(self) -> np.ndarray:
-        return self._outputs.popleft()
+        raw, self.last_extras = self._outputs.popleft()
+        return raw
 
     def _close(self) -> None:  # noqa: B027 - optional hook
         """Release resources."""

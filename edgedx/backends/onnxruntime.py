@@ -91,6 +91,12 @@ class OnnxRuntimeSession(Session):
         out = self._sess.run(self._output_names, {self._input_name: batch})[0]
         return out.astype(np.float32, copy=False)
 
+    def _run_with(self, batch: np.ndarray, names: tuple[str, ...]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        if batch.dtype != self._input_dtype:
+            batch = batch.astype(self._input_dtype)
+        outs = self._sess.run([*self._output_names, *names], {self._input_name: batch})
+        return outs[0].astype(np.float32, copy=False), {n: o.astype(np.float32, copy=False) for n, o in zip(names, outs[1:])}
+
     def _close(self) -> None:
         del self._sess
 

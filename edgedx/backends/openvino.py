@@ -22,7 +22,7 @@ import openvino as ov
 from edgedx import manifest as manifest_mod
 from edgedx import onnxfile
 from edgedx.backends.base import Session, TensorSpec, cpu_count
-from edgedx.errors import BackendUnavailable, ModelError, first_line
+from edgedx.errors import BackendError, BackendUnavailable, ModelError, first_line
 
 #: Batch sizes kept compiled at once (a pipeline uses its batch size and one smaller last batch).
 MAX_COMPILED = 4
@@ -79,6 +79,15 @@ class OpenVinoSession(Session):
             batch = np.ascontiguousarray(batch, np.float32)
         request.infer({0: batch}, share_inputs=True)
         return np.array(request.get_output_tensor(0).data, np.float32, copy=True)
+
+    def _run_with(self, batch: np.ndarray, names: tuple[str, ...]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        first = self._run(batch)  # the request keeps every output of this inference
+        _, request = self._request_for(batch.shape[0])
+        index = {o.get_any_name(): i for i, o in enumerate(self._model.outputs)}
+        missing = [n for n in names if n not in index]
+        if missing:
+            raise BackendError(f"{self.model_path.name} has no output named {', '.join(missing)}")
+        return first, {n: np.array(request.get_output_tensor(index[n]).data, np.float32, copy=True) for n in names}
 
     def _close(self) -> None:
         self._compiled.clear()

@@ -1,0 +1,118 @@
+"""CAM and feature outputs in the exported graph, flip TTA, and what classify does with them."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.factories import frame, manifest_dict
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnx")
+
+from export import explain
+from export.models import ResNet, ScreeningCNN
+
+
+def test_cam_mean_plus_bias_is_the_logit_and_flip_tta_averages_views():
+    torch.manual_seed(0)
+    model = ScreeningCNN(1, 2, (4, 8, 8)).eval()
+    x = torch.randn(3, 1, 32, 32)
+    wrapped, names, why_not = explain.explainable(model)
+    assert why_not is None and names == ["logits", "features", "cam"]
+    with torch.no_grad():
+        logits, feats, cam = wrapped(x)
+        assert torch.allclose(logits, model(x), atol=1e-5)
+        assert torch.allclose(cam.mean((2, 3)) + model.head[-1].bias, logits, atol=1e-5)
+        assert feats.shape == (3, 8)
+        tta, _, _ = explain.explainable(model, flip_tta=True)[0](x)
+        assert torch.allclose(tta, 0.5 * (model(x) + model(torch.flip(x, dims=[3]))), atol=1e-5)
+
+
+def test_models_without_gap_linear_head_say_why():
+    class Flat(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+
+        def forward(self, x):
+            return self.head(x)
+
+    why = explain.gap_linear_parts(Flat())
+    assert isinstance(why, str) and "not global average pooling" in why
+    assert isinstance(explain.gap_linear_parts(torch.nn.Conv2d(1, 1, 3)), str)
+    assert not isinstance(explain.gap_linear_parts(ResNet(1, 2, width=4)), str)
+
+
+@pytest.fixture(scope="module")
+def explained_onnx(tmp_path_factory):
+    from edgedx import manifest as manifest_mod
+    from export.to_onnx import export_torch
+
+    tmp = tmp_path_factory.mktemp("explained")
+    torch.manual_seed(0)
+    model = ResNet(1, 2, width=4, blocks=(1, 1)).eval()
+    m = manifest_mod.from_dict(manifest_dict(size=64))
+    out = tmp / "resnet.onnx"
+    export_torch(model, out, m, images=[frame(64, 64, seed=i) for i in range(4)], explain=True)
+    return out
+
+
+def test_export_adds_features_and_cam_outputs(explained_onnx):
+    import onnxruntime as ort
+
+    from edgedx import manifest as manifest_mod
+
+    m = manifest_mod.load(explained_onnx)
+    assert m.features_output == "features" and m.cam_output == "cam"
+    sess = ort.InferenceSession(str(explained_onnx), providers=["CPUExecutionProvider"])
+    assert [o.name for o in sess.get_outputs()] == ["logits", "features", "cam"]
+    x = np.random.default_rng(0).normal(size=(2, 1, 64, 64)).astype(np.float32)
+    _, feats, cam = sess.run(None, {"input": x})
+    assert cam.shape[:2] == (2, 2) and feats.shape == (2, 8)
+
+
+def test_classify_writes_one_heatmap_per_input_without_name_collisions(explained_onnx, tmp_path):
+    from edgedx.cli import main
+
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        cv2.imwrite(str(tmp_path / folder / "scan.png"), frame(80, 80, seed=ord(folder)))
+    out = tmp_path / "records.ndjson"
+    code = main(["classify", str(tmp_path / "a"), str(tmp_path / "b"), "-m", str(explained_onnx), "--heatmap",
+                 str(tmp_path / "maps"), "--json", "-o", str(out), "-q"])
+    assert code == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    paths = {r["heatmap"] for r in records}
+    assert len(paths) == 2 and all(p and cv2.imread(p).shape == (64, 64, 3) for p in paths)
+    assert all(r["status"] == "ok" for r in records)
+
+
+def test_heatmap_needs_a_cam_output(tmp_path):
+    from edgedx.cli import main
+    from tests.factories import tiny_cnn
+
+    model = tiny_cnn(tmp_path / "m.onnx", manifest=manifest_dict())
+    cv2.imwrite(str(tmp_path / "x.png"), frame(64, 64))
+    assert main(["classify", str(tmp_path / "x.png"), "-m", str(model), "--heatmap", str(tmp_path / "maps"), "-q"]) == 2
+
+
+def test_eval_heatmap_summary(explained_onnx, tmp_path):
+    from edgedx.cli import main
+
+    for label in ("NORMAL", "PNEUMONIA"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(3):
+            cv2.imwrite(str(tmp_path / "data" / label / f"{i}.png"), frame(64, 64, seed=i + 10 * len(label)))
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(["eval", str(explained_onnx), str(tmp_path / "data"), "--heatmap-summary", "--json"])
+    assert code == 0
+    h = json.loads(buf.getvalue())["heatmap_summary"]
+    assert h["all"]["n"] == 6 and 0.0 <= h["all"]["border"] <= 1.0 and h["uniform"]["border"] == pytest.approx(0.36, abs=0.03)
