@@ -38,6 +38,19 @@ def restore(old: dict[int, object]) -> None:
         signal.signal(signum, handler if handler is not None else signal.SIG_DFL)  # type: ignore[arg-type]
 
 
+def caused_by_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` is an interrupt in disguise: typer turns KeyboardInterrupt into a silent
+    ``Exit(130)``; a C extension interrupted while it initializes raises ImportError from it."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 def _exit_now(signum: int, frame: object) -> None:
     try:
         os.write(2, b"edgedx: interrupted\n")
