@@ -489,10 +489,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Without standalone mode, typer returns a command's Exit code instead of raising it.
         code = app(args=argv, prog_name="edgedx", standalone_mode=False)
-        if code == 130:  # typer turns a Ctrl-C it catches into a plain 130; say why once more
+        if code == 130:  # typer returns Ctrl-C as a silent 130 (and a run stopped by one, after its summary)
             print("edgedx: interrupted", file=sys.stderr)
         return code if isinstance(code, int) else EXIT_OK
     except typer.Exit as exc:
+        if interrupt.caused_by_interrupt(exc):  # typer's own Exit(130) for Ctrl-C says nothing
+            print("edgedx: interrupted", file=sys.stderr)
         return exc.exit_code
     except _usage_error_types() as exc:  # typer shows the usage line and the problem
         exc.show(file=sys.stderr)
@@ -509,6 +511,11 @@ def main(argv: list[str] | None = None) -> int:
     except (BrokenPipeError, OutputClosed):  # `edgedx classify ... | head`: the reader has all it wanted
         _silence_stdout()
         return EXIT_OK
+    except Exception as exc:
+        if not interrupt.caused_by_interrupt(exc):  # e.g. ImportError from a C extension's interrupted init
+            raise
+        print("edgedx: interrupted", file=sys.stderr)
+        return 130
     finally:
         interrupt.restore(handlers)
 

@@ -46,6 +46,19 @@ def restore(old: dict[int, object]) -> None:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, set(old))
 
 
+def caused_by_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` is an interrupt in disguise: typer turns KeyboardInterrupt into a silent
+    ``Exit(130)``; a C extension interrupted while it initializes raises ImportError from it."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 def _exit_now(signum: int, frame: object) -> None:
     try:
         os.write(2, b"edgedx: interrupted\n")
