@@ -17,7 +17,8 @@ from edgedx.errors import UsageError
 
 ROW_GROUP = 8192
 
-_STRINGS = ("path", "label", "error", "status", "reason_code", "reason", "model", "backend", "backend_note", "precision", "error_kind")
+_STRINGS = ("path", "label", "error", "status", "reason_code", "reason", "model", "backend", "backend_note", "precision", "error_kind",
+            "heatmap")
 
 
 def _pyarrow() -> Any:
@@ -36,6 +37,7 @@ def schema(keys: list[str], labels: tuple[str, ...]) -> Any:
         **dict.fromkeys(_STRINGS, pa.string()),
         "score": pa.float64(),
         "threshold": pa.float64(),
+        "ood_score": pa.float64(),
         "frame": pa.int64(),
         "positive": pa.bool_(),
         "scores": pa.struct([(label, pa.float64()) for label in labels]),

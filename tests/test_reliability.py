@@ -325,7 +325,7 @@ def test_thread_bound_follows_the_cores(monkeypatch):
 def test_interrupt_in_disguise_is_130_with_one_line(monkeypatch, capsys, model, scans, disguise):
     """typer turns Ctrl-C into a silent exit 130; a C extension interrupted while it initializes
     raises ImportError from the KeyboardInterrupt (seen with onnxruntime under SIGINT)."""
-    from edgedx import api, cli
+    from edgedx import cli, inputs
 
     def interrupted(*args, **kwargs):
         if disguise == "plain":
@@ -335,7 +335,7 @@ def test_interrupt_in_disguise_is_130_with_one_line(monkeypatch, capsys, model, 
         except KeyboardInterrupt as exc:
             raise ImportError("initialization failed") from exc
 
-    monkeypatch.setattr(api, "expand_paths", interrupted)
+    monkeypatch.setattr(inputs, "gather", interrupted)
     assert cli.main(["classify", str(scans[1]), "-m", str(model)]) == 130
     err = capsys.readouterr().err
     assert "edgedx: interrupted" in err and "Traceback" not in err
