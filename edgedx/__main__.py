@@ -1,5 +1,6 @@
 """``python -m edgedx`` and the ``edgedx`` console script: signal handlers first, then the CLI."""
 
+import os
 import sys
 
 
@@ -15,6 +16,15 @@ def run() -> int:
         print("edgedx: interrupted", file=sys.stderr)
         code = interrupt.EXIT_INTERRUPTED
     interrupt.block_at_exit()
+    if code == interrupt.EXIT_INTERRUPTED:
+        # Every record is written and closed: end here. Python's shutdown after an interrupted
+        # extension import (seen with onnxruntime) can die by SIGINT instead of exiting 130.
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
     return code
 
 
