@@ -27,7 +27,7 @@ import numpy as np
 
 from edgedx import calibration, evaluate, metrics, postprocess
 from edgedx.errors import ModelError, UsageError
-from export.contract import refuse_same_file, staged
+from export.contract import manifest_of_model, staged
 from export.to_onnx import require, save_with_manifest
 
 log = logging.getLogger("edgedx")
@@ -70,12 +70,7 @@ def calibrate(
 
     onnx = require("onnx")
     model, output = Path(model), Path(output)
-    refuse_same_file(model, output)
-    if not model.is_file():
-        raise ModelError(f"model not found: {model}")
-    found = manifest_mod.load(model)
-    if found is None:
-        raise ModelError(f"{model} carries no edgedx manifest: bring it in with `edgedx export onnx {model.name} --labels ... -o OUT.onnx` first")
+    found = manifest_of_model(model, output)
     labels = found.labels
     pos_label = positive or found.positive_label
     if pos_label is not None and pos_label not in labels:

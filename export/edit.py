@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from edgedx import manifest as manifest_mod
 from edgedx.errors import ModelError, UsageError
-from export.contract import refuse_same_file, staged
+from export.contract import manifest_of_model, staged
 from export.to_onnx import require, save_with_manifest
 
 #: The preprocess fields a copy may change (size and layout are the graph's).
@@ -37,12 +37,7 @@ def edit_manifest(model: str | Path, output: str | Path, changes: Mapping[str, A
 
     onnx = require("onnx")
     model, output = Path(model), Path(output)
-    refuse_same_file(model, output)
-    if not model.is_file():
-        raise ModelError(f"model not found: {model}")
-    found = manifest_mod.load(model)
-    if found is None:
-        raise ModelError(f"{model} carries no edgedx manifest: bring it in with `edgedx export onnx {model.name} --labels ... -o OUT.onnx`")
+    found = manifest_of_model(model, output)
     data = found.to_dict()
     changed = []
     for key, value in changes.items():
