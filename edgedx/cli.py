@@ -15,10 +15,10 @@ from typing import List, Optional
 
 import typer
 
-from edgedx.console import VERBOSITY, Backend, export_package, log_to_stderr, model_name, number
+from edgedx.console import VERBOSITY, Backend, export_package, log_to_stderr, model_name, number, usage_error_types
 from edgedx import interrupt
 from edgedx.errors import EXIT_INPUT_FAILED, EXIT_OK, EdgedxError, UsageError
-from edgedx.outputs import OutputClosed
+from edgedx.outputs import OutputClosed, silence_stdout
 from edgedx.text import printable
 from edgedx.examples import add_examples
 from edgedx.examples import epilog as examples_epilog
@@ -233,7 +233,7 @@ def classify(
             writer: report.Writer = ParquetWriter(output, clf.manifest.labels, top_k)
         else:
             writer = report.make_writer(fmt.value, stream, clf.manifest.labels, top_k)
-        with clf, progress, _stop_on_sigterm():
+        with clf, progress, interrupt.sigterm_as_interrupt():
             try:
                 for result in results:
                     writer.write(result)
@@ -439,40 +439,6 @@ def mount_export() -> None:
     _mounted = True
 
 
-class _stop_on_sigterm:
-    """Turn SIGTERM into KeyboardInterrupt while classifying, so both stop the same clean way."""
-
-    def __enter__(self) -> None:
-        import signal
-        import threading
-
-        self._old = None
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGTERM, self._raise)
-
-    @staticmethod
-    def _raise(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    def __exit__(self, *exc: object) -> None:
-        if self._old is not None:
-            import signal
-
-            signal.signal(signal.SIGTERM, self._old)
-
-
-def _usage_error_types() -> tuple[type[Exception], ...]:
-    """The exception class typer raises for usage errors: click's, or typer's own vendored copy (>= 0.26)."""
-    try:
-        from typer.exceptions import TyperException
-
-        return (TyperException,)
-    except ImportError:
-        import click
-
-        return (click.ClickException,)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: run the app and map errors to one line and an exit code."""
     import os
@@ -496,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
         if interrupt.caused_by_interrupt(exc):  # typer's own Exit(130) for Ctrl-C says nothing
             print("edgedx: interrupted", file=sys.stderr)
         return exc.exit_code
-    except _usage_error_types() as exc:  # typer shows the usage line and the problem
+    except usage_error_types() as exc:  # typer shows the usage line and the problem
         exc.show(file=sys.stderr)
         return exc.exit_code
     except typer.Abort:
@@ -509,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         print("edgedx: interrupted", file=sys.stderr)
         return 130
     except (BrokenPipeError, OutputClosed):  # `edgedx classify ... | head`: the reader has all it wanted
-        _silence_stdout()
+        silence_stdout()
         return EXIT_OK
     except Exception as exc:
         if not interrupt.caused_by_interrupt(exc):  # e.g. ImportError from a C extension's interrupted init
@@ -519,17 +485,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         interrupt.restore(handlers)
 
-
-def _silence_stdout() -> None:
-    """Point standard output at /dev/null, so that Python's flush at exit does not fail again."""
-    import os
-
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError, AttributeError):
-        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -104,3 +104,15 @@ def number(text: str, what: str) -> float:
         return float(text)
     except (ValueError, ZeroDivisionError):
         raise UsageError(f"{what} must be a number or a fraction such as 1/255, got {text.strip()!r}") from None
+
+
+def usage_error_types() -> tuple[type[Exception], ...]:
+    """The exception class typer raises for usage errors: click's, or typer's own vendored copy (>= 0.26)."""
+    try:
+        from typer.exceptions import TyperException
+
+        return (TyperException,)
+    except ImportError:
+        import click
+
+        return (click.ClickException,)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 EXIT_INTERRUPTED = 130
 
@@ -64,6 +66,20 @@ def _exit_now(signum: int, frame: object) -> None:
         os.write(2, b"edgedx: interrupted\n")
     finally:
         os._exit(EXIT_INTERRUPTED)
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt inside the block (a command run without :func:`install_running`,
+    e.g. from a test harness), so both stop a run the same clean way; the old handler comes back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:

@@ -292,3 +292,13 @@ def _stdout_fd() -> int | None:
         return sys.stdout.fileno()
     except (AttributeError, ValueError, io.UnsupportedOperation):
         return None
+
+
+def silence_stdout() -> None:
+    """Point standard output at /dev/null, so that Python's flush at exit does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -20,6 +19,7 @@ import typer
 from edgedx.console import Backend, log_to_stderr, model_name
 from edgedx.errors import EXIT_INPUT_FAILED, UsageError
 from export.options import Method, Target
+from export.report_text import eval_text, num, print_json, verify_text
 
 app = typer.Typer(
     help="Workstation side: export to ONNX, quantize to INT8, convert to FP16, verify against a reference.",
@@ -107,7 +107,7 @@ def onnx_command(
         result = to_onnx.export_torch(model, output, manifest, images=files, architecture=arch, arch_kwargs=kwargs, opset=opset,
                                       simplify=simplify, dynamic_batch=not static_batch, tolerance=tol)
     if as_json:
-        _print_json(result)
+        print_json(result)
         return
     c = result["comparison"]
     print(f"wrote      {result['output']} ({result['bytes'] / 1e6:.2f} MB, opset {result['opset']}, from {result['from']})")
@@ -155,7 +155,7 @@ def quantize_command(
     except GateFailed as exc:
         _gate_failed(exc.report, as_json, "quantized model " + exc.report.get("rejected_output", ""))
     if as_json:
-        _print_json(result)
+        print_json(result)
         return
     cal = result["calibration"]
     print(f"wrote      {result['output']} ({result['bytes'] / 1e6:.2f} MB, int8 for {result['target']})")
@@ -163,7 +163,7 @@ def quantize_command(
     if result["excluded"]:
         print(f"float      {', '.join(result['excluded'])}")
     if "verify" in result:
-        print(_verify_text(result["verify"]))
+        print(verify_text(result["verify"]))
 
 
 @app.command("fp16")
@@ -182,7 +182,7 @@ def fp16_command(
     files = _pick(_expand(images), num_images) if images else None
     result = quant.to_fp16(model, output, images=files, atol=atol)
     if as_json:
-        _print_json(result)
+        print_json(result)
         return
     print(f"wrote      {result['output']} ({result['bytes'] / 1e6:.2f} MB, fp16, float32 inputs/outputs)")
     if "comparison" in result:
@@ -220,9 +220,9 @@ def verify_command(
     if not report["gate"]["passed"]:
         _gate_failed(report, as_json, "candidate")
     if as_json:
-        _print_json(report)
+        print_json(report)
     else:
-        print(_verify_text(report))
+        print(verify_text(report))
 
 
 @app.command("calibrate")
@@ -251,7 +251,7 @@ def calibrate_command(
     result = calibrate(model, data, output, target_sensitivity=target_sensitivity, positive=positive, method=method,
                        split=split, limit=limit, batch_size=batch_size)
     if as_json:
-        _print_json(result)
+        print_json(result)
         return
     cal, before, after = result["calibration"], result["before"], result["after"]
     fit = f"a={cal['a']:.4f} b={cal['b']:.4f}" if cal["method"] == "platt" else f"T={cal['temperature']:.4f}"
@@ -264,7 +264,7 @@ def calibrate_command(
         print(f"threshold    {result['positive_label']} when p >= {result['threshold']:.4f} ({result['threshold_rule']})")
         for key in ("sensitivity", "specificity"):
             ci = at.get(f"{key}_ci")
-            print(f"{key:12} {_num(at.get(key))}" + (f"  95% CI [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "") + "  (on the calibration data)")
+            print(f"{key:12} {num(at.get(key))}" + (f"  95% CI [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "") + "  (on the calibration data)")
 
 
 @app.command("manifest")
@@ -300,7 +300,7 @@ def manifest_command(
     }
     result = edit_manifest(model, output, changes)
     if as_json:
-        _print_json(result)
+        print_json(result)
         return
     print(f"wrote      {result['output']} (changed: {', '.join(result['changed'])})")
     print(json.dumps(result["manifest"], indent=2))
@@ -347,76 +347,23 @@ def eval_command(
 
         report["plot"] = str(plot_report(report, plot))
     if as_json:
-        _print_json(report)
+        print_json(report)
         return
-    print(f"model        {report['model']} ({report['backend']})")
-    print(f"data         {report['data']}" + (f" [{report['split']}]" if report["split"] else "") + f"  n={report['n']}"
-          + (f"  skipped={report['skipped']}" if report["skipped"] else ""))
-    if report["threshold"] is not None:
-        print(f"decision     {report['positive_label']} when p >= {report['threshold']:.4f}")
-    keys = ("accuracy", "auc", "sensitivity", "specificity", "ppv", "npv", "f1", "macro_recall", "brier", "ece")
-    for key in keys:
-        if key in report:
-            ci = report.get(f"{key}_ci")
-            print(f"{key:12} {_num(report[key])}" + (f"  95% CI [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""))
-    print(_confusion_text(report["labels"], report["confusion"]))
-    if "plot" in report:
-        print(f"plot         {report['plot']}")
-    if "heatmap_summary" in report:
-        h = report["heatmap_summary"]
-        print(f"heatmaps     mass on the {h['border_band']:.0%} border band {h['all']['border']:.3f} (uniform {h['uniform']['border']:.3f}), "
-              f"in the corners {h['all']['corners']:.3f} (uniform {h['uniform']['corners']:.3f}); "
-              f"border-heavy maps {h['border_heavy']:.1%}")
-        for label, part in h["by_label"].items():
-            print(f"  {label:10} border {part['border']:.3f}  corners {part['corners']:.3f}  n={part['n']}")
+    print(eval_text(report))
 
 
 # -- rendering and option helpers -----------------------------------------------------------------
 
 
-def _verify_text(r: dict[str, Any]) -> str:
-    ref, cand = r["reference"], r["candidate"]
-    lines = [
-        f"reference  {ref['model']} ({ref['backend']})",
-        f"candidate  {cand['model']} ({cand['backend']})",
-        f"data       {r['data']}" + (f" [{r['split']}]" if r["split"] else "") + f"  n={r['n']}"
-        + (f"  threshold {r['threshold']:.4f}" if r["threshold"] is not None else ""),
-        f"flips      {r['flips']['count']} ({r['flips']['rate']:.2%})   top-1 agreement {r['top1_agreement']:.4f}",
-        f"drift      mean {r['score_drift']['mean_abs']:.2e}  max {r['score_drift']['max_abs']:.2e} ({r['score_drift']['over']})",
-        f"{'':11} {'reference':>10} {'candidate':>10} {'change':>9}",
-    ]
-    for key in ("auc", "accuracy", "sensitivity", "specificity", "f1"):
-        if ref.get(key) is not None or cand.get(key) is not None:
-            d = r["delta"].get(key)
-            lines.append(f"{key:11} {_num(ref.get(key)):>10} {_num(cand.get(key)):>10} {'' if d is None else f'{d:+.4f}':>9}")
-    for item in r.get("flipped", []):
-        lines.append(f"flipped    {item['file']}  (truth {item['truth']}): {_val(item['reference'])} -> {_val(item['candidate'])}")
-    near = r.get("near_threshold")
-    if near and near["count"]:
-        lines.append(f"near       {near['count']} more within {near['margin']} of the threshold (next to flip):")
-        for item in near["files"][:10]:
-            lines.append(f"           {item['file']}  (truth {item['truth']}): {_val(item['reference'])} / {_val(item['candidate'])}")
-    g = r["gate"]
-    lines.append("gate       PASSED" if g["passed"] else "gate       FAILED: " + "; ".join(g["failures"]))
-    return "\n".join(lines)
-
-
 def _gate_failed(report: dict[str, Any], as_json: bool, what: str) -> None:
     """Print the report (stdout) and the failing criteria (stderr), then exit 1."""
     if as_json:
-        _print_json(report)
+        print_json(report)
     else:
-        print(_verify_text(report))
+        print(verify_text(report))
     for failure in report["gate"]["failures"]:
         print(f"edgedx: gate failed: {what.strip()}: {failure}", file=sys.stderr)
     raise typer.Exit(EXIT_INPUT_FAILED)
-
-
-def _confusion_text(labels: list[str], confusion: list[list[int]]) -> str:
-    width = max(8, *(len(x) for x in labels)) + 1
-    head = "confusion    " + "true \\ pred".ljust(width) + "".join(x.rjust(width) for x in labels)
-    rows = ["             " + label.ljust(width) + "".join(str(v).rjust(width) for v in row) for label, row in zip(labels, confusion)]
-    return "\n".join([head, *rows])
 
 
 def _probability(text: Optional[str], what: str) -> Optional[float]:
@@ -429,28 +376,6 @@ def _probability(text: Optional[str], what: str) -> Optional[float]:
     if not 0.0 <= value <= 1.0:
         raise UsageError(f"{what} must be in 0..1, got {text}")
     return value
-
-
-def _val(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
-def _num(value: Any) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
-
-
-def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, default=_json_default))
-
-
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "item"):  # numpy scalars
-        return obj.item()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, (Path, Enum)):
-        return str(obj.value if isinstance(obj, Enum) else obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
 
 
 def _expand(paths: Optional[List[Path]]) -> list[Path]:

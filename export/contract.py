@@ -170,6 +170,23 @@ def refuse_same_file(source: Path, output: Path) -> None:
         raise UsageError(f"--out {output} is the input model; write the result to another file")
 
 
+def require_manifest(model: Path) -> Manifest:
+    """The manifest of an edgedx model a step reads.
+
+    Raises:
+        ModelError: the model is missing or carries no edgedx manifest.
+    """
+    from edgedx import manifest as manifest_mod
+
+    if not model.is_file():
+        raise ModelError(f"model not found: {model}")
+    found = manifest_mod.load(model)
+    if found is None:
+        raise ModelError(f"{model.name} carries no edgedx manifest: bring it in with "
+                         f"`edgedx export onnx {model.name} --labels ... -o OUT.onnx` first (it takes an existing ONNX too)")
+    return found
+
+
 def manifest_of_model(model: Path, output: Path) -> Manifest:
     """The manifest of an edgedx model that a step reads and writes anew to ``output``.
 
@@ -177,15 +194,8 @@ def manifest_of_model(model: Path, output: Path) -> Manifest:
         UsageError: ``output`` is ``model``.
         ModelError: the model is missing or carries no edgedx manifest.
     """
-    from edgedx import manifest as manifest_mod
-
     refuse_same_file(model, output)
-    if not model.is_file():
-        raise ModelError(f"model not found: {model}")
-    found = manifest_mod.load(model)
-    if found is None:
-        raise ModelError(f"{model} carries no edgedx manifest: bring it in with `edgedx export onnx {model.name} --labels ... -o OUT.onnx` first")
-    return found
+    return require_manifest(model)
 
 
 @contextmanager

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from edgedx.errors import BackendError, BackendUnavailable, ModelError, UsageError
+from export.contract import require_manifest
 from export.engine_builders import RTX_DEFAULT_TARGETS, Builder, choose_builder, parse_compute_capabilities, set_targets  # noqa: F401  (re-exported)
 from export.engine_flags import PRECISIONS, SUPPORTED_MAJORS, BuildFlags, select_flags  # noqa: F401  (re-exported)
 from export.engine_report import SIDECAR_FORMAT, CacheState, EngineReport, engine_section  # noqa: F401  (re-exported)
@@ -177,9 +178,7 @@ def build_engine(
         raise UsageError("--output must differ from the ONNX file")
     if workspace_mb is not None and workspace_mb <= 0:
         raise UsageError(f"--workspace must be a positive number of MB, got {workspace_mb}")
-    manifest = manifest_mod.load(onnx_path)
-    if manifest is None:
-        raise ModelError(f"{onnx_path.name} carries no edgedx manifest: export it with edgedx export onnx, which embeds one")
+    manifest = require_manifest(onnx_path)
     model = load_onnx(onnx_path)
     info = inspect_onnx(model)
     check_precision(precision, info, onnx_path.name)

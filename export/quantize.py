@@ -36,10 +36,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgedx import decode, preprocess
-from edgedx import manifest as manifest_mod
 from edgedx.errors import InputError, ModelError, UsageError
 from edgedx.evaluate import Gate, GateFailed
-from edgedx.manifest import Manifest
+from export.contract import require_manifest
 from export.options import Method, Target
 from export.to_onnx import Tolerance, compare, load_images, require, save_with_manifest
 
@@ -183,7 +182,7 @@ def quantize(
     from edgedx.api import file_sha256
 
     onnx_in, onnx_out = Path(onnx_in), Path(onnx_out)
-    manifest = _manifest_of(onnx_in)
+    manifest = require_manifest(onnx_in)
     if manifest.precision != "fp32":
         raise UsageError(f"{onnx_in.name} is {manifest.precision}; quantize the FP32 export")
     files = select_images(calib_files, options.num_images)
@@ -287,7 +286,7 @@ def to_fp16(onnx_in: str | Path, onnx_out: str | Path, *, images: Sequence[Path 
     from edgedx.api import file_sha256
 
     onnx_in, onnx_out = Path(onnx_in), Path(onnx_out)
-    manifest = _manifest_of(onnx_in)
+    manifest = require_manifest(onnx_in)
     if manifest.precision != "fp32":
         raise UsageError(f"{onnx_in.name} is {manifest.precision}; convert the FP32 export")
     model = onnx.load(str(onnx_in))
@@ -402,15 +401,6 @@ def _calibration_errors(reader: Any):
         if reader.images_read == 0 and reader.skipped:
             raise UsageError(f"none of the {len(reader.skipped)} calibration files could be decoded (first: {reader.skipped[0]})") from None
         raise
-
-
-def _manifest_of(path: Path) -> Manifest:
-    if not path.is_file():
-        raise ModelError(f"model not found: {path}")
-    found = manifest_mod.load(path)
-    if found is None:
-        raise ModelError(f"{path} carries no edgedx manifest: export it with `edgedx export onnx {path.name} --labels ... -o OUT.onnx` first (it takes an existing ONNX too)")
-    return found
 
 
 def _ort_version() -> str:

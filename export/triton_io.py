@@ -14,6 +14,7 @@ from edgedx import postprocess
 from edgedx.backends.base import ENGINE_SUFFIXES
 from edgedx.errors import BackendUnavailable, ModelError
 from edgedx.manifest import Manifest
+from export.contract import require_manifest
 
 #: ONNX TensorProto element type -> Triton data type.
 ONNX_TO_TRITON = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 5: "TYPE_INT16", 6: "TYPE_INT32", 7: "TYPE_INT64",
@@ -46,13 +47,11 @@ def inspect_model(path: Path) -> tuple[Manifest, ModelIO]:
     Raises:
         ModelError: no manifest, a static batch axis, or names, dims or types that disagree.
     """
-    if not path.is_file():
-        raise ModelError(f"model not found: {path}")
     if path.suffix.lower() in ENGINE_SUFFIXES:
+        if not path.is_file():
+            raise ModelError(f"model not found: {path}")
         return _engine(path)
-    manifest = manifest_mod.load(path)
-    if manifest is None:
-        raise ModelError(f"{path.name} carries no edgedx manifest: export it with `edgedx export onnx` (or add one) first")
+    manifest = require_manifest(path)
     io = _onnx_io(path, "onnx", path.name)
     _check(manifest, io, path.name)
     return manifest, io
