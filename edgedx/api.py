@@ -27,11 +27,10 @@ from edgedx.audit import AuditLog
 from edgedx.backends import SessionOptions
 from edgedx.backends.base import cpu_count
 from edgedx.errors import UsageError, file_sha256
-from edgedx.inputs import BytesSource
+from edgedx.inputs import BytesSource, expand_paths
 from edgedx.opening import Fallback, ManifestOverrides, default_spin_wait, open_model
 from edgedx.pipeline import Pipeline, PipelineConfig, Source
 from edgedx.results import Result, RunFacts
-from edgedx.sources import expand_paths
 
 log = logging.getLogger("edgedx")
 

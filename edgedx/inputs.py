@@ -187,6 +187,12 @@ def select(paths: Iterable[Path], shard: Shard | None = None, skip: set[str] | f
         yield p
 
 
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given, folders walked recursively (image and DICOM files only, sorted): the list of
+    :func:`walk`, which streams. A path that does not exist is kept, so it gets its own error record."""
+    return list(walk(paths))
+
+
 class Counted:
     """Wrap an iterator and count what went through it (the number of inputs of a streamed run).
 
