@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,13 @@ def xray_files() -> list[Path]:
     """A few real chest X-rays of each class."""
     root = need(XRAY)
     return sorted((root / "NORMAL").glob("*.jpeg"))[:3] + sorted((root / "PNEUMONIA").glob("*.jpeg"))[:3]
+
+
+@pytest.fixture(scope="module")
+def keras():
+    """Keras 3 on its torch backend (the export stage's), or a skip."""
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "torch":
+        pytest.skip(f"keras runs on {keras.backend.backend()} here; the export needs its torch backend")
+    return keras

@@ -4,7 +4,6 @@ Keras's own probabilities (loaded with keras.utils.load_img) within 2e-3."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +18,6 @@ from tests.conftest import XRAY, need  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 SIZE = 64
-
-
-@pytest.fixture(scope="module")
-def keras():
-    os.environ.setdefault("KERAS_BACKEND", "torch")
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "torch":
-        pytest.skip(f"keras runs on {keras.backend.backend()} here; the export needs its torch backend")
-    return keras
 
 
 @pytest.fixture(scope="module")

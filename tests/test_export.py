@@ -4,7 +4,6 @@ with the source on real X-rays through edgedx's own preprocessing."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -170,15 +169,6 @@ def test_cli_onnx_from_state_dict(tmp_path: Path, xray_files: list[Path]):
 
 
 # -- Keras ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def keras():
-    os.environ.setdefault("KERAS_BACKEND", "torch")
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "torch":
-        pytest.skip(f"keras runs on {keras.backend.backend()} here; the export needs its torch backend")
-    return keras
 
 
 def tutorial_cnn(keras, size: int, head: tuple[int, str], widths=(4, 8, 8, 16)):
