@@ -206,7 +206,10 @@ def load_folded_onnx(model: nn.Module, path: str) -> int:
 
     graph = onnx.load(path).graph
     init = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    convs = [n for n in graph.node if n.op_type == "Conv"]
+    outputs = {o.name for o in graph.output}
+    # A convolution that writes a graph output is an explanation head (export/explain.py's
+    # class-activation map), not a layer of the network.
+    convs = [n for n in graph.node if n.op_type == "Conv" and not outputs.intersection(n.output)]
     gemms = [n for n in graph.node if n.op_type == "Gemm"]
     pairs, modules = [], list(model.modules())
     for i, m in enumerate(modules):

@@ -152,3 +152,13 @@ def test_warm_start_from_a_folded_onnx_export_reproduces_the_model(tmp_path):
         assert torch.allclose(model(x), again(x), atol=1e-4)
     with pytest.raises(ValueError):
         load_folded_onnx(ScreeningCNN(1, 2, (4, 8)), str(out))
+    # The bundled models carry a class-activation head (a 1x1 convolution writing the `cam` output):
+    # it is not a layer of the network, so a warm start from them loads the same layers.
+    explained = tmp_path / "explained.onnx"
+    export_torch(model, explained, manifest_mod.from_dict(manifest_dict(size=32)), images=[frame(32, 32, seed=i) for i in range(2)],
+                 explain=True)
+    third = ScreeningCNN(1, 2, (4, 8, 8))
+    assert load_folded_onnx(third, str(explained)) == 6
+    third.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(x), third(x), atol=1e-4)
