@@ -161,6 +161,10 @@ class Pipeline:
                     item.seen = item.sample if self.plan.heatmap_dir is not None else None
                 except EdgedxError as exc:
                     item.error = str(exc)
+                else:
+                    item.rejected = trust.check_layout(self.plan, item.sample)
+                    if item.rejected is not None:  # never runs through the model
+                        item.sample = item.seen = None
             out.append(item)
         return out
 

@@ -2,9 +2,10 @@
 
 :class:`Plan` decides once per classifier which extra graph outputs to fetch (the manifest's
 ``output.features`` when it carries an ``ood`` section and the gate is on; ``output.cam`` when
-heatmaps are asked for) and whether the backend can return them. Per answered input,
-:func:`judge` turns the features into a rejection (reason ``out_of_distribution``) and writes the
-heatmap PNG.
+heatmaps are asked for) and whether the backend can return them. Per resized input,
+:func:`check_layout` applies the image-layout part of the OOD score (no graph output needed, so
+on every backend, before inference). Per answered input, :func:`judge` turns the features into a
+rejection (reason ``out_of_distribution``) and writes the heatmap PNG.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from edgedx import heatmap as heatmap_mod
 from edgedx.errors import UsageError
 from edgedx.gate import Rejection
 from edgedx.manifest import Manifest
-from edgedx.ood import Scorer
+from edgedx.ood import Scorer, layout, layout_scorer
 
 log = logging.getLogger("edgedx")
 
@@ -29,6 +30,7 @@ log = logging.getLogger("edgedx")
 class Plan:
     names: tuple[str, ...] = ()
     scorer: Scorer | None = None
+    layout: Scorer | None = None
     heatmap_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -57,14 +59,26 @@ def plan(manifest: Manifest, session: Any, use_gate: bool, heatmap_dir: str | Pa
             raise UsageError(f"the {session.name} backend cannot return the model's CAM output yet; use --backend onnxruntime")
         out.heatmap_dir = Path(heatmap_dir)
         out.names += (manifest.cam_output,)
+    if use_gate and manifest.ood:
+        out.layout = layout_scorer(manifest.ood)
     if use_gate and manifest.ood and manifest.features_output in outputs:
         if can:
             out.scorer = Scorer(manifest.ood)
             out.names += (manifest.features_output,)
         else:
-            out.notes.append(f"the {session.name} backend returns no feature output: the out-of-distribution check is off")
+            still = "; its image-layout part still runs" if out.layout is not None else ""
+            out.notes.append(f"the {session.name} backend returns no feature output: the out-of-distribution check "
+                             f"by the model's features is off{still}")
             log.warning("%s", out.notes[-1])
     return out
+
+
+def check_layout(p: Plan, sample: np.ndarray) -> Rejection | None:
+    """The image-layout verdict for one input resized as the model takes it (None: it passes or no check)."""
+    if p.layout is None:
+        return None
+    detail = p.layout.reason(float(p.layout.score(layout(sample, p.layout.size))))
+    return Rejection("out_of_distribution", detail) if detail is not None else None
 
 
 def attach(items: list[Any], extras: dict[str, np.ndarray]) -> None:

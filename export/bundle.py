@@ -9,7 +9,9 @@ The graph gets two extra outputs (:mod:`export.explain`): pooled penultimate ``f
 class-activation map ``cam``; ``--flip-tta`` averages the model over the image and its mirror
 image inside the graph. The out-of-distribution score (:mod:`edgedx.ood`) is fitted on the
 training images' features and its threshold set per file on validation (clean and the shifted
-copy of :mod:`export.shift`) so that at most ``--ood-reject`` of them would be rejected.
+copy of :mod:`export.shift`) so that at most ``--ood-reject`` of them would be rejected; its
+image-layout part (:func:`edgedx.ood.layout`, off with ``--no-layout``) likewise, at most
+``--layout-reject``.
 
 Reads ``model.pt`` (a state dict of :class:`export.models.ScreeningCNN`) and ``training.json``
 (written by :mod:`export.train`) from the run, exports ``chest_xray_cnn_fp32.onnx``, and quantizes
@@ -113,6 +115,8 @@ def bundle_default(
     flip_tta: bool = False,
     ood_images: int = 1500,
     ood_reject: float = 0.005,
+    layout: bool = True,
+    layout_reject: float = 0.002,
 ) -> dict[str, Any]:
     """Export a run's model as the bundled FP32 and CPU INT8 ONNX files.
 
@@ -125,6 +129,8 @@ def bundle_default(
         flip_tta: mirror-image test-time augmentation inside the graph.
         ood_images: training images (evenly spread over ``calib_images``) the OOD score is fitted on.
         ood_reject: share of validation images (clean and shifted) allowed past the OOD threshold.
+        layout: add the image-layout part of the OOD score (:func:`edgedx.ood.layout`).
+        layout_reject: share of validation images allowed past the layout threshold.
 
     Returns:
         A summary: both files' results and, with ``eval_data``, the gate report.
@@ -147,17 +153,17 @@ def bundle_default(
 
     # The FP32 file is final (OOD parameters and threshold) before it is quantized, so the INT8
     # model's provenance names the hash of the FP32 file that ships.
-    train_feats = trust_fit.features(out_dir / FP32_NAME, quant.select_images(calib_images, ood_images))
-    trust_fit.set_ood(out_dir / FP32_NAME, trust_fit.fit_params(train_feats), None)
+    train_feats, train_samples = trust_fit.features(out_dir / FP32_NAME, quant.select_images(calib_images, ood_images), with_samples=True)
+    trust_fit.set_ood(out_dir / FP32_NAME, trust_fit.fit_params(train_feats, train_samples if layout else None), None)
     report: dict[str, Any] = {}
     sets = trust_fit.validation_sets(Path(eval_data), info) if eval_data is not None else None
     if sets is not None:
-        report[FP32_NAME] = trust_fit.finish_one(out_dir / FP32_NAME, sets, ood_reject)
+        report[FP32_NAME] = trust_fit.finish_one(out_dir / FP32_NAME, sets, ood_reject, layout_reject)
     fp32["sha256"] = file_sha256(out_dir / FP32_NAME)
     options = quant.QuantizeOptions(target=quant.Target.CPU, method=quant.Method(method), num_images=num_calib, cache_dir=run_dir)
     int8 = quant.quantize(out_dir / FP32_NAME, out_dir / INT8_NAME, calib, options, eval_data=eval_data, split=split, gate=gate)
     if sets is not None:
-        report[INT8_NAME] = trust_fit.finish_one(out_dir / INT8_NAME, sets, ood_reject)
+        report[INT8_NAME] = trust_fit.finish_one(out_dir / INT8_NAME, sets, ood_reject, layout_reject)
         report["cam_correlation_fp32_int8"] = trust_fit.cam_agreement(out_dir / FP32_NAME, out_dir / INT8_NAME, sets["val"].images)
         int8["sha256"] = file_sha256(out_dir / INT8_NAME)
     summary = {"fp32": {k: v for k, v in fp32.items() if k != "manifest"}, "int8": int8, "validation": report}
@@ -179,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--flip-tta", action="store_true", help="average over the image and its mirror image, inside the graph")
     ap.add_argument("--ood-reject", type=float, default=0.005,
                     help="share of validation chest X-rays (clean and shifted) the OOD threshold may reject")
+    ap.add_argument("--no-layout", dest="layout", action="store_false",
+                    help="no image-layout part in the OOD score (it suits inputs with one typical layout, like chest radiographs)")
+    ap.add_argument("--layout-reject", type=float, default=0.002,
+                    help="share of validation images the image-layout threshold may reject")
     ap.add_argument("--accepts", type=json.loads, default=None,
                     help='the input gate\'s section as JSON, e.g. \'{"modalities": ["CR", "DX"], "min_size": 64}\'')
     args = ap.parse_args(argv)
@@ -187,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = bundle_default(args.run_dir, args.out, expand_paths([args.calib_dir]), args.eval_data,
                                  num_calib=args.num_calib, method=args.method, split=args.split, accepts=args.accepts,
-                                 flip_tta=args.flip_tta, ood_reject=args.ood_reject)
+                                 flip_tta=args.flip_tta, ood_reject=args.ood_reject,
+                                 layout=args.layout, layout_reject=args.layout_reject)
     except EdgedxError as exc:
         print(f"edgedx: error: {exc}", file=sys.stderr)
         return exc.exit_code

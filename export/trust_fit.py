@@ -41,18 +41,25 @@ def run_outputs(path: Path, images: Sequence[np.ndarray], batch_size: int = 32) 
     return manifest, {n: np.concatenate(v) for n, v in chunks.items()}
 
 
-def features(path: Path, files: Sequence[Path]) -> np.ndarray:
-    """Pooled penultimate features of ``files`` (decoded like the runtime decodes them)."""
+def features(path: Path, files: Sequence[Path], with_samples: bool = False) -> Any:
+    """Pooled penultimate features of ``files`` (decoded like the runtime decodes them); with
+    ``with_samples``, also the images resized as the model takes them (for the layout score)."""
     images = [decode.decode_file(f)[0].image for f in files]
     manifest, outs = run_outputs(path, images)
     if not manifest.features_output:
         raise ModelError(f"{path.name} has no features output")
+    if with_samples:
+        return outs[manifest.features_output], [preprocess.resize(im, manifest.preprocess) for im in images]
     return outs[manifest.features_output]
 
 
-def fit_params(train_features: np.ndarray) -> dict[str, Any]:
+def fit_params(train_features: np.ndarray, layout_samples: Sequence[np.ndarray] | None = None) -> dict[str, Any]:
+    """The ``ood`` section without thresholds: the feature score, and the image-layout score when
+    ``layout_samples`` (training images resized as the model takes them) are given."""
     params = ood.fit(train_features)
     params["fitted_on"] = f"{len(train_features)} training images"
+    if layout_samples is not None:
+        params["layout"] = {**ood.fit_layout(list(layout_samples)), "threshold": None, "fitted_on": f"{len(layout_samples)} training images"}
     return params
 
 
@@ -97,24 +104,39 @@ def validation_sets(val_dir: Path, info: dict[str, Any], seed: int = 0) -> dict[
     return {"val": val, **({"shifted_val": shifted} if shifted is not None else {})}
 
 
-def finish_one(path: Path, sets: dict[str, Any], reject: float) -> dict[str, Any]:
-    """Validation metrics of one file on each set, and its OOD threshold (written into its manifest):
-    the highest of the sets' ``1 - reject`` quantiles of the score."""
+def finish_one(path: Path, sets: dict[str, Any], reject: float, layout_reject: float = 0.002) -> dict[str, Any]:
+    """Validation metrics of one file on each set, and its OOD thresholds (written into its manifest):
+    the highest of the sets' ``1 - reject`` quantiles of the feature score, and of the sets'
+    ``1 - layout_reject`` quantiles of the image-layout score (when the section has one)."""
     entry: dict[str, Any] = {}
-    scores = []
+    scores, layout_scores = [], []
     for name, data in sets.items():
         manifest, outs = run_outputs(path, data.images)
         probs = _softmax(outs[manifest.output_name or "logits"].astype(np.float64))
         entry[name] = metrics.summarize(data.labels, probs, manifest.positive_index, manifest.threshold)
         if manifest.features_output and manifest.ood:
             scores.append((name, ood.Scorer(manifest.ood).score(outs[manifest.features_output])))
+            if (scorer := ood.layout_scorer(manifest.ood)) is not None:
+                vectors = np.stack([ood.layout(preprocess.resize(im, manifest.preprocess), scorer.size) for im in data.images])
+                layout_scores.append((name, scorer.score(vectors)))
     if scores:
         threshold = max(float(np.quantile(s, 1 - reject)) for _, s in scores)
         entry["ood_threshold"] = threshold
         entry["ood_rejected"] = {name: float(np.mean(s > threshold)) for name, s in scores}
-        set_ood(path, load_manifest(path).ood, threshold,
+        section = dict(load_manifest(path).ood)
+        if layout_scores:
+            limit = max(float(np.quantile(s, 1 - layout_reject)) for _, s in layout_scores)
+            entry["layout_threshold"] = limit
+            entry["layout_rejected"] = {name: float(np.mean(s > limit)) for name, s in layout_scores}
+            either = {name: float(np.mean((s > threshold) | (ls > limit))) for (name, s), (_, ls) in zip(scores, layout_scores)}
+            entry["ood_rejected_either"] = either
+            section["layout"] = {**section["layout"], "threshold": float(f"{limit:.6g}"),
+                                 "threshold_rule": f"highest of the {1 - layout_reject:.3g} quantiles of the clean and shifted validation scores",
+                                 "validation_rejected": entry["layout_rejected"]}
+        set_ood(path, section, threshold,
                 {"threshold_rule": f"highest of the {1 - reject:.3g} quantiles of the clean and shifted validation scores",
-                 "validation_rejected": entry["ood_rejected"]},
+                 "validation_rejected": entry["ood_rejected"],
+                 **({"validation_rejected_either": entry["ood_rejected_either"]} if layout_scores else {})},
                 {"validation_shifted": {k: v for k, v in entry.get("shifted_val", {}).items() if k != "confusion"}})
     return entry
 

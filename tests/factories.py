@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from edgedx.manifest import METADATA_KEY
@@ -83,3 +84,13 @@ def frame(height: int = 64, width: int = 48, channels: int = 1, seed: int = 0) -
     y, x = np.mgrid[0:height, 0:width]
     img = (40 + 150 * (x + y) / (height + width) + rng.normal(0, 8, (height, width))).clip(0, 255).astype(np.uint8)
     return img if channels == 1 else np.repeat(img[:, :, None], channels, axis=2)
+
+
+def two_fields(rng, size=96):
+    """A chest-like layout: a bright frame with two dark fields either side of a bright band, jittered."""
+    img = np.full((size, size), 200.0)
+    for cx in (0.3, 0.7):
+        c = (int(size * (cx + rng.normal(0, 0.02))), int(size * (0.5 + rng.normal(0, 0.03))))
+        cv2.ellipse(img, c, (int(size * 0.14), int(size * 0.3)), 0, 0, 360, float(rng.uniform(40, 90)), -1)
+    img = img * rng.uniform(0.7, 1.1) + rng.uniform(-20, 20) + rng.normal(0, 6, img.shape)
+    return img.clip(0, 255).astype(np.uint8)

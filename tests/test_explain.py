@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -116,3 +117,65 @@ def test_eval_heatmap_summary(explained_onnx, tmp_path):
     assert code == 0
     h = json.loads(buf.getvalue())["heatmap_summary"]
     assert h["all"]["n"] == 6 and 0.0 <= h["all"]["border"] <= 1.0 and h["uniform"]["border"] == pytest.approx(0.36, abs=0.03)
+
+
+@pytest.fixture()
+def layout_model(explained_onnx, tmp_path):
+    """The explained ResNet with an OOD section whose image-layout part was fitted on two-field images."""
+    import shutil
+
+    from edgedx import manifest as manifest_mod
+    from edgedx import ood, preprocess
+    from export import trust_fit
+    from tests.factories import two_fields
+
+    rng = np.random.default_rng(3)
+    model = shutil.copy(explained_onnx, tmp_path / "layout.onnx")
+    spec = manifest_mod.load(model).preprocess
+    train = [two_fields(rng, 128) for _ in range(300)]
+    _, outs = trust_fit.run_outputs(model, train)
+    params = trust_fit.fit_params(outs["features"], [preprocess.resize(im, spec) for im in train])
+    held = [two_fields(rng, 128) for _ in range(200)]
+    scores = ood.layout_scorer(params).score(np.stack([ood.layout(preprocess.resize(im, spec)) for im in held]))
+    params["layout"]["threshold"] = float(scores.max() * 1.2)
+    trust_fit.set_ood(model, params, None)  # the feature part never rejects here: only the layout decides
+    return model
+
+
+def _layout_inputs(tmp_path):
+    from tests.factories import two_fields
+
+    rng = np.random.default_rng(4)
+    blob = np.full((128, 128), 200, np.uint8)
+    cv2.circle(blob, (64, 50), 30, 60, -1)
+    files = {"chest0.png": two_fields(rng, 128), "chest1.png": two_fields(rng, 128), "lesion.png": blob,
+             "turned.png": two_fields(rng, 128).T.copy()}
+    for name, img in files.items():
+        cv2.imwrite(str(tmp_path / name), img)
+    return [str(tmp_path / n) for n in files]
+
+
+@pytest.mark.parametrize("extras", [True, False], ids=["features_returned", "no_extra_outputs"])
+def test_image_layout_rejects_before_inference_on_any_backend(layout_model, tmp_path, monkeypatch, extras):
+    from edgedx import Classifier
+    from edgedx.backends.base import Session
+
+    if not extras:  # a backend like TensorRT's, which returns no extra outputs: the layout part still runs
+        monkeypatch.setattr(Session, "supports_extra_outputs", property(lambda self: False))
+    with Classifier(layout_model, "onnxruntime") as clf:
+        results = {Path(r.path).name: r for r in clf.classify_many(_layout_inputs(tmp_path))}
+    assert results["chest0.png"].status == results["chest1.png"].status == "ok"
+    assert (results["chest0.png"].ood_score is not None) == extras
+    for name in ("lesion.png", "turned.png"):
+        r = results[name]
+        assert r.status == "rejected" and r.reason_code == "out_of_distribution", r
+        assert r.reason.startswith("image layout distance"), r.reason
+        assert r.score is None
+
+
+def test_classify_without_the_gate_skips_the_layout(layout_model, tmp_path):
+    from edgedx import Classifier
+
+    with Classifier(layout_model, "onnxruntime", use_gate=False) as clf:
+        results = list(clf.classify_many(_layout_inputs(tmp_path)))
+    assert all(r.status == "ok" for r in results)

@@ -12,7 +12,7 @@ import pytest
 
 from edgedx import gate, heatmap, manifest, ood
 from edgedx.errors import EdgedxError
-from tests.factories import frame
+from tests.factories import frame, two_fields
 
 
 def test_color_is_judged_from_pixels():
@@ -103,6 +103,46 @@ def test_ood_section_is_validated():
     assert any("do not fit" in p for p in ood.validate({**params, "variances": [1.0]}, "features"))
     assert any("threshold" in p for p in ood.validate({**params, "threshold": -1}, "features"))
     assert any("missing" in p for p in ood.validate({"method": ood.METHOD}, "features"))
+
+
+def test_layout_vector_ignores_exposure_and_size_but_not_arrangement():
+    rng = np.random.default_rng(0)
+    img = two_fields(rng)
+    v = ood.layout(img)
+    assert v.shape == (ood.LAYOUT_SIZE**2,) and abs(v.mean()) < 1e-9 and abs(v.std() - 1) < 1e-2
+    brighter = np.clip(img.astype(np.float32) * 0.8 + 30, 0, 255)
+    assert np.abs(ood.layout(brighter) - v).max() < 0.05  # exposure and contrast do not count
+    assert np.abs(ood.layout(cv2.resize(img, (224, 224))) - v).max() < 0.1
+    assert np.abs(ood.layout(np.dstack([img] * 3)) - v).max() < 1e-9  # gray stored as three channels
+    assert np.abs(ood.layout(img.T[::-1]) - v).max() > 1.0  # turned a quarter: another layout
+
+
+def test_layout_score_keeps_the_training_layout_and_rejects_others():
+    rng = np.random.default_rng(1)
+    params = ood.fit_layout([two_fields(rng) for _ in range(400)])
+    assert params["size"] == ood.LAYOUT_SIZE and len(params["components"]) == ood.LAYOUT_RANK
+    inside = ood.layout_scorer({"layout": {**params, "threshold": None}}).score(np.stack([ood.layout(two_fields(rng)) for _ in range(200)]))
+    limit = float(np.quantile(inside, 0.995))
+    scorer = ood.layout_scorer({"layout": {**params, "threshold": limit}})
+    one_blob = np.full((96, 96), 200, np.uint8)
+    cv2.circle(one_blob, (48, 40), 25, 60, -1)  # a single dark lesion: an ultrasound-like layout
+    noise = rng.integers(0, 256, (96, 96)).astype(np.uint8)
+    for other in (one_blob, noise, two_fields(rng).T.copy()):
+        detail = scorer.reason(float(scorer.score(ood.layout(other))))
+        assert detail is not None and detail.startswith("image layout distance")
+    assert np.mean(inside > limit) <= 0.01
+
+
+def test_ood_layout_section_is_validated():
+    rng = np.random.default_rng(0)
+    params = {**ood.fit(rng.normal(size=(50, 6)), rank=3), "threshold": 4.0}
+    layout = {**ood.fit_layout([two_fields(rng) for _ in range(30)]), "threshold": 2.0}
+    assert ood.validate({**params, "layout": layout}, "features") == []
+    assert any("ood.layout.size" in p for p in ood.validate({**params, "layout": {**layout, "size": 0}}, "features"))
+    assert any("layout cells" in p for p in ood.validate({**params, "layout": {**layout, "size": 4}}, "features"))
+    assert any("ood.layout.threshold" in p for p in ood.validate({**params, "layout": {**layout, "threshold": "x"}}, "features"))
+    assert any("ood.layout.mean: missing" in p for p in ood.validate({**params, "layout": {"size": 8}}, "features"))
+    assert ood.layout_scorer(params) is None
 
 
 def test_heatmap_names_do_not_collide_and_border_mass_finds_the_frame(tmp_path):
