@@ -15,14 +15,14 @@ from typing import List, Optional
 
 import typer
 
-from edgedx.console import VERBOSITY, Backend, export_package, log_to_stderr, model_name, number, usage_error_types
 from edgedx import interrupt
+from edgedx.console import VERBOSITY, Backend, export_package, log_to_stderr, model_name, number, usage_error_types
 from edgedx.errors import EXIT_INPUT_FAILED, EXIT_OK, EdgedxError, UsageError
-from edgedx.outputs import OutputClosed, silence_stdout
-from edgedx.text import printable
 from edgedx.examples import add_examples
 from edgedx.examples import epilog as examples_epilog
+from edgedx.outputs import OutputClosed, say, silence_stdout
 from edgedx.progress import RunProgress
+from edgedx.text import printable
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -71,8 +71,8 @@ def _print_version(value: bool) -> None:
         from edgedx import machine
 
         found = machine.versions()
-        print(f"edgedx {found['edgedx']}")
-        print(", ".join(f"{k} {found[k]}" for k in machine.RUNTIME_KEYS if k != "edgedx" and found.get(k)))
+        say(f"edgedx {found['edgedx']}")
+        say(", ".join(f"{k} {found[k]}" for k in machine.RUNTIME_KEYS if k != "edgedx" and found.get(k)))
         raise typer.Exit(EXIT_OK)
 
 
@@ -271,13 +271,13 @@ def info(
 
         root = click_root()
         text, data = info_views.versions() if versions else info_views.settings(root.obj and root.obj.get("config"), root.command)
-        print(json.dumps(data, indent=2) if as_json else text)
+        say(json.dumps(data, indent=2) if as_json else text)
         return
     with api.Classifier(model, backend.value) as clf:
         data = clf.info()
     data["backends_here"] = {k: (v or "available") for k, v in available_backends().items()}
     if as_json:
-        print(json.dumps(data, indent=2))
+        say(json.dumps(data, indent=2))
         return
     m = data["manifest"]
     p, i = m["preprocess"], m["input"]
@@ -301,7 +301,7 @@ def info(
     for key, value in (m.get("provenance") or {}).items():
         lines.append(f"provenance {key}: {json.dumps(value) if not isinstance(value, str) else value}")
     lines.append("backends   " + ", ".join(f"{k}: {v}" for k, v in data["backends_here"].items()))
-    print("\n".join(lines))
+    say("\n".join(lines))
 
 
 @app.command()
@@ -357,16 +357,16 @@ def bench(
         from edgedx.device_info import jetson_facts
 
         result.platform = jetson_facts()
-        print(json.dumps(result.to_dict()))
+        say(json.dumps(result.to_dict()))
         return
     lat = result.latency_ms
-    print(f"model       {result.model}")
-    print(f"backend     {result.backend} {result.backend_detail}")
-    print(f"precision   {result.precision}   batch {result.batch_size}   {result.mode}   {result.iterations} timed runs")
-    print("latency ms  " + "  ".join(f"{k} {v:.3f}" for k, v in lat.items()))
-    print(f"throughput  {result.throughput_ips:.1f} images/s")
+    say(f"model       {result.model}")
+    say(f"backend     {result.backend} {result.backend_detail}")
+    say(f"precision   {result.precision}   batch {result.batch_size}   {result.mode}   {result.iterations} timed runs")
+    say("latency ms  " + "  ".join(f"{k} {v:.3f}" for k, v in lat.items()))
+    say(f"throughput  {result.throughput_ips:.1f} images/s")
     if result.stages_ms:
-        print("stages ms   " + "  ".join(f"{k} {v:.3f}" for k, v in result.stages_ms.items()))
+        say("stages ms   " + "  ".join(f"{k} {v:.3f}" for k, v in result.stages_ms.items()))
 
 
 def _bench_compare(ctx: typer.Context, artifacts: List[str], compare: bool, images: Optional[Path], limit: Optional[int],
@@ -384,11 +384,11 @@ def _bench_compare(ctx: typer.Context, artifacts: List[str], compare: bool, imag
     report = comparemod.compare(artifacts, images, batch_size=batch_size, iterations=iterations or 200, warmup=warmup,
                                 limit=limit, session_options=options)
     if as_json:
-        print(json.dumps(report, default=str))
+        say(json.dumps(report, default=str))
     elif markdown:
-        print(comparemod.render_markdown(report))
+        say(comparemod.render_markdown(report))
     else:
-        print(comparemod.render_text(report))
+        say(comparemod.render_text(report))
 
 
 @app.command()
@@ -400,13 +400,13 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
 
     rows = bundled.catalog()
     if as_json:
-        print(json.dumps(rows, indent=2))
+        say(json.dumps(rows, indent=2))
         return
     header = ["name", "precision", "input", "labels", "threshold", *(f"val {k}" for k in bundled.VALIDATION_KEYS)]
     body = [[("* " if r["default"] else "  ") + r["name"], r["precision"], r["input"], ", ".join(r["labels"] or []),
              r["threshold"], *(r["validation"].get(k) for k in bundled.VALIDATION_KEYS)] for r in rows]
     header[0] = "  name"
-    print(tables.text_table(header, body, right=[False] * 4 + [True] * 6))
+    say(tables.text_table(header, body, right=[False] * 4 + [True] * 6))
 
 
 def click_root():

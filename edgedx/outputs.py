@@ -294,6 +294,15 @@ def _stdout_fd() -> int | None:
         return None
 
 
+def say(text: str = "") -> None:
+    """Print a command's result to standard output, flushed; a reader that went away (``| head``)
+    ends the run quietly (:class:`OutputClosed`) instead of click's exit 1 for a broken pipe."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        raise OutputClosed("the reading end of the pipe was closed") from None
+
+
 def silence_stdout() -> None:
     """Point standard output at /dev/null, so that Python's flush at exit does not fail again."""
     try:

@@ -18,6 +18,7 @@ import typer
 
 from edgedx.console import Backend, log_to_stderr, model_name
 from edgedx.errors import EXIT_INPUT_FAILED, UsageError
+from edgedx.outputs import say
 from export.options import Method, Target
 from export.report_text import eval_text, num, print_json, verify_text
 
@@ -110,11 +111,11 @@ def onnx_command(
         print_json(result)
         return
     c = result["comparison"]
-    print(f"wrote      {result['output']} ({result['bytes'] / 1e6:.2f} MB, opset {result['opset']}, from {result['from']})")
-    print(f"sha256     {result['sha256']}")
+    say(f"wrote      {result['output']} ({result['bytes'] / 1e6:.2f} MB, opset {result['opset']}, from {result['from']})")
+    say(f"sha256     {result['sha256']}")
     if "batch" in result:
-        print(f"batch      {result['batch']}")
-    print(f"checked    {c['images']} images: max |p_onnx - p_source| {c['max_abs_error']:.2e} (tol {c['atol']:g}), "
+        say(f"batch      {result['batch']}")
+    say(f"checked    {c['images']} images: max |p_onnx - p_source| {c['max_abs_error']:.2e} (tol {c['atol']:g}), "
           f"top-1 agreement {c['top1_agreement']:.3f}")
 
 
@@ -158,12 +159,12 @@ def quantize_command(
         print_json(result)
         return
     cal = result["calibration"]
-    print(f"wrote      {result['output']} ({result['bytes'] / 1e6:.2f} MB, int8 for {result['target']})")
-    print(f"calibrated {cal['method']} on {cal['images']} images" + (f", cache {cal['cache']}" if cal["cache"] else ""))
+    say(f"wrote      {result['output']} ({result['bytes'] / 1e6:.2f} MB, int8 for {result['target']})")
+    say(f"calibrated {cal['method']} on {cal['images']} images" + (f", cache {cal['cache']}" if cal["cache"] else ""))
     if result["excluded"]:
-        print(f"float      {', '.join(result['excluded'])}")
+        say(f"float      {', '.join(result['excluded'])}")
     if "verify" in result:
-        print(verify_text(result["verify"]))
+        say(verify_text(result["verify"]))
 
 
 @app.command("fp16")
@@ -184,10 +185,10 @@ def fp16_command(
     if as_json:
         print_json(result)
         return
-    print(f"wrote      {result['output']} ({result['bytes'] / 1e6:.2f} MB, fp16, float32 inputs/outputs)")
+    say(f"wrote      {result['output']} ({result['bytes'] / 1e6:.2f} MB, fp16, float32 inputs/outputs)")
     if "comparison" in result:
         c = result["comparison"]
-        print(f"checked    {c['images']} images: max |p_fp16 - p_fp32| {c['max_abs_error']:.2e} (tol {c['atol']:g})")
+        say(f"checked    {c['images']} images: max |p_fp16 - p_fp32| {c['max_abs_error']:.2e} (tol {c['atol']:g})")
 
 
 @app.command("verify")
@@ -222,7 +223,7 @@ def verify_command(
     if as_json:
         print_json(report)
     else:
-        print(verify_text(report))
+        say(verify_text(report))
 
 
 @app.command("calibrate")
@@ -255,16 +256,16 @@ def calibrate_command(
         return
     cal, before, after = result["calibration"], result["before"], result["after"]
     fit = f"a={cal['a']:.4f} b={cal['b']:.4f}" if cal["method"] == "platt" else f"T={cal['temperature']:.4f}"
-    print(f"wrote        {result['output']}")
-    print(f"calibration  {cal['method']} {fit} on {result['n']} images of {result['data']}")
+    say(f"wrote        {result['output']}")
+    say(f"calibration  {cal['method']} {fit} on {result['n']} images of {result['data']}")
     for key in ("ece", "brier", "log_loss"):
-        print(f"{key:12} {before[key]:.4f} -> {after[key]:.4f}")
+        say(f"{key:12} {before[key]:.4f} -> {after[key]:.4f}")
     if result["threshold"] is not None:
         at = result["at_threshold"]
-        print(f"threshold    {result['positive_label']} when p >= {result['threshold']:.4f} ({result['threshold_rule']})")
+        say(f"threshold    {result['positive_label']} when p >= {result['threshold']:.4f} ({result['threshold_rule']})")
         for key in ("sensitivity", "specificity"):
             ci = at.get(f"{key}_ci")
-            print(f"{key:12} {num(at.get(key))}" + (f"  95% CI [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "") + "  (on the calibration data)")
+            say(f"{key:12} {num(at.get(key))}" + (f"  95% CI [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "") + "  (on the calibration data)")
 
 
 @app.command("manifest")
@@ -302,8 +303,8 @@ def manifest_command(
     if as_json:
         print_json(result)
         return
-    print(f"wrote      {result['output']} (changed: {', '.join(result['changed'])})")
-    print(json.dumps(result["manifest"], indent=2))
+    say(f"wrote      {result['output']} (changed: {', '.join(result['changed'])})")
+    say(json.dumps(result["manifest"], indent=2))
 
 
 def eval_command(
@@ -349,7 +350,7 @@ def eval_command(
     if as_json:
         print_json(report)
         return
-    print(eval_text(report))
+    say(eval_text(report))
 
 
 # -- rendering and option helpers -----------------------------------------------------------------
@@ -360,7 +361,7 @@ def _gate_failed(report: dict[str, Any], as_json: bool, what: str) -> None:
     if as_json:
         print_json(report)
     else:
-        print(verify_text(report))
+        say(verify_text(report))
     for failure in report["gate"]["failures"]:
         print(f"edgedx: gate failed: {what.strip()}: {failure}", file=sys.stderr)
     raise typer.Exit(EXIT_INPUT_FAILED)

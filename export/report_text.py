@@ -7,6 +7,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from edgedx.outputs import say
+
 
 def eval_text(report: dict[str, Any]) -> str:
     """The human-readable form of an ``edgedx eval`` report."""
@@ -78,7 +80,7 @@ def num(value: Any) -> str:
 
 
 def print_json(obj: Any) -> None:
-    print(json.dumps(obj, default=json_default))
+    say(json.dumps(obj, default=json_default))
 
 
 def json_default(obj: Any) -> Any:

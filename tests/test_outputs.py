@@ -255,3 +255,21 @@ def test_read_only_and_full_file_systems(model, scans, small_tmpfs):
     assert proc.returncode == 5 and "No space left on device" in one_error_line(proc.stderr)
     data = (rw / "out.jsonl").read_bytes()
     assert data.endswith(b"\n") and [json.loads(x)["status"] for x in data.splitlines()]
+
+
+@pytest.mark.parametrize("command", ["info --json", "models --json", "info --versions", "eval {model} {data} --json"])
+def test_other_commands_piped_into_head_end_quietly_with_0(model, scans, tmp_path, command):
+    """info, models, bench, eval: a reader that stops early is not an error (click would exit 1)."""
+    data = tmp_path / "data"
+    for label in ("NORMAL", "PNEUMONIA"):
+        (data / label).mkdir(parents=True)
+        for i, scan in enumerate(scans[:2]):
+            (data / label / f"{i}{Path(scan).suffix}").write_bytes(Path(scan).read_bytes())
+    args = command.format(model=model, data=data)
+    # `true` reads nothing and is gone long before edgedx writes: every write meets a closed pipe
+    proc = subprocess.run(
+        ["/bin/bash", "-c", f"{sys.executable} -m edgedx {args} | true; echo ${{PIPESTATUS[0]}}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.stdout.strip() == "0", proc.stderr
+    assert "Traceback" not in proc.stderr and "Broken pipe" not in proc.stderr
