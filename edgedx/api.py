@@ -12,7 +12,6 @@ records).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
@@ -96,13 +95,8 @@ class Classifier:
         self._audit: AuditLog | None = None
         try:
             spec = self.manifest.preprocess
-            options_in = decode_options or decode.DecodeOptions()
-            if options_in.target_size is None:
-                # Let the decoder skip work the model cannot see: JPEG DCT scaling, gray decode.
-                # (not gray when the gate judges colour from the pixels).
-                channels = None if use_gate and "color" in self.manifest.accepts else spec.channels
-                options_in = dataclasses.replace(options_in, target_size=(spec.width, spec.height), target_channels=channels)
-            self.decode_options = options_in
+            self.decode_options = (decode_options or decode.DecodeOptions()).for_model(
+                spec.width, spec.height, spec.channels, judges_color=use_gate and "color" in self.manifest.accepts)
             limit = self.session.max_batch_size
             if limit is not None and batch_size > limit:  # said, not silently capped
                 log.warning("batch size %d is more than %s takes (at most %d): running batches of %d (a TensorRT engine "

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -82,6 +83,14 @@ class DecodeOptions:
             raise UsageError(f"target_size must be (width, height), two positive integers, got {self.target_size!r}")
         if self.target_channels not in (None, 1, 3) or isinstance(self.target_channels, bool):
             raise UsageError(f"target_channels must be 1, 3 or None, got {self.target_channels!r}")
+
+    def for_model(self, width: int, height: int, channels: int, judges_color: bool) -> DecodeOptions:
+        """These options with the model's input size and channels, so the decoder skips work the
+        model cannot see (JPEG DCT scaling, gray decode); left as they are when a target size is set.
+        Not gray when the input gate judges colour from the pixels (``judges_color``)."""
+        if self.target_size is not None:
+            return self
+        return dataclasses.replace(self, target_size=(width, height), target_channels=None if judges_color else channels)
 
 
 def _positive_int(value: object) -> bool:

@@ -221,6 +221,32 @@ def test_stages_give_the_classifier_s_answers(model, xray_files, tmp_path):
     assert not prepared[-1].sample.any()
 
 
+def test_served_step_judges_colour_from_the_pixels_like_classify(tmp_path):
+    """A gray model that judges colour from the pixels: the served step must decode in colour too,
+    or a colour photograph would pass as gray (a gray decode hides its colour)."""
+    import cv2
+
+    from edgedx import manifest as manifest_mod
+    from edgedx.api import Classifier
+    from edgedx.serving import stages
+
+    data = manifest_dict(size=32)
+    data["accepts"] = {"color": ["gray"]}
+    model = tiny_cnn(tmp_path / "gray.onnx", size=32, manifest=data)
+    m = manifest_mod.load(model)
+    rng = np.random.default_rng(0)
+    colour = tmp_path / "colour.jpg"
+    cv2.imwrite(str(colour), rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    gray = tmp_path / "gray.jpg"
+    cv2.imwrite(str(gray), cv2.cvtColor(rng.integers(0, 256, (64, 64), dtype=np.uint8), cv2.COLOR_GRAY2BGR))  # gray, stored as RGB
+    served = [stages.prepare(f.read_bytes(), m, stages.decode_options(m)) for f in (colour, gray)]
+    with Classifier(model, workers=0) as clf:
+        local = list(clf.classify_many([colour, gray]))
+    assert json.loads(served[0].status)["reason_code"] == local[0].reason_code == "color_not_accepted"
+    assert served[1].status == "" and local[1].status == "ok"
+    assert stages.decode_options(m, use_gate=False).target_channels == 1  # no gate: gray decode is fine
+
+
 def test_a_serving_environment_without_pytriton_is_refused_with_the_reason(monkeypatch):
     import importlib.util
     import sys

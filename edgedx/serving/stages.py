@@ -9,14 +9,13 @@ client as records, not as failed requests.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from edgedx import decode, gate, postprocess, preprocess
+from edgedx import decode, gate, ood, postprocess, preprocess, trust
 from edgedx.errors import EdgedxError
 from edgedx.manifest import Manifest
 
@@ -36,14 +35,11 @@ class Prepared:
     status: str = OK
 
 
-def decode_options(manifest: Manifest, base: decode.DecodeOptions | None = None) -> decode.DecodeOptions:
-    """The options :class:`edgedx.api.Classifier` decodes with: the model's size and channels let the
-    decoder skip work the model cannot see (reduced JPEG decode, gray decode)."""
+def decode_options(manifest: Manifest, base: decode.DecodeOptions | None = None, use_gate: bool = True) -> decode.DecodeOptions:
+    """The options :class:`edgedx.api.Classifier` decodes with (:meth:`DecodeOptions.for_model`)."""
     spec = manifest.preprocess
-    base = base or decode.DecodeOptions()
-    if base.target_size is not None:
-        return base
-    return dataclasses.replace(base, target_size=(spec.width, spec.height), target_channels=spec.channels)
+    return (base or decode.DecodeOptions()).for_model(spec.width, spec.height, spec.channels,
+                                                      judges_color=use_gate and "color" in manifest.accepts)
 
 
 def prepare(data: bytes, manifest: Manifest, options: decode.DecodeOptions, use_gate: bool = True) -> Prepared:
@@ -52,11 +48,14 @@ def prepare(data: bytes, manifest: Manifest, options: decode.DecodeOptions, use_
     try:
         frames = decode.decode_bytes(data, options)
         image, info = frames[0].image, frames[0].info
-        if use_gate:
-            rejected = gate.check(image, info, manifest.accepts)
-            if rejected is not None:
-                return Prepared(np.zeros(spec.sample_shape(), np.float32), json.dumps({"status": "rejected", "reason_code": rejected.code, "reason": rejected.detail}))
-        return Prepared(preprocess.normalize(preprocess.resize(image, spec), spec))
+        rejected = gate.check(image, info, manifest.accepts) if use_gate else None
+        if rejected is None:
+            sample = preprocess.resize(image, spec)
+            if use_gate and manifest.ood:  # the image-layout part of the OOD check, as classify runs it
+                rejected = trust.check_layout(trust.Plan(layout=ood.layout_scorer(manifest.ood)), sample)
+            if rejected is None:
+                return Prepared(preprocess.normalize(sample, spec))
+        return Prepared(np.zeros(spec.sample_shape(), np.float32), json.dumps({"status": "rejected", "reason_code": rejected.code, "reason": rejected.detail}))
     except EdgedxError as exc:
         message = str(exc)
     except Exception as exc:  # a decoder bug must not fail the request (and the batch with it)

@@ -63,8 +63,8 @@ class PreprocessModel(_Step):
 
     def initialize(self, args: dict[str, str]) -> None:
         super().initialize(args)
-        self.options = stages.decode_options(self.manifest)
         self.use_gate = self.params.get("edgedx_gate", "true") == "true"
+        self.options = stages.decode_options(self.manifest, use_gate=self.use_gate)
 
     def run(self, request: Any) -> list[Any]:
         files = self.input(request, IMAGE)  # (batch, 1) object array of bytes
