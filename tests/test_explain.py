@@ -160,7 +160,7 @@ def test_image_layout_rejects_before_inference_on_any_backend(layout_model, tmp_
     from edgedx import Classifier
     from edgedx.backends.base import Session
 
-    if not extras:  # a backend like TensorRT's, which returns no extra outputs: the layout part still runs
+    if not extras:  # a backend that returns no extra outputs: the layout part still runs
         monkeypatch.setattr(Session, "supports_extra_outputs", property(lambda self: False))
     with Classifier(layout_model, "onnxruntime") as clf:
         results = {Path(r.path).name: r for r in clf.classify_many(_layout_inputs(tmp_path))}

@@ -19,7 +19,7 @@ from edgedx.backends.tensorrt import TensorRTSession
 from edgedx.backends.trt_guard import EngineGuardError, RuntimeFacts, fallback_onnx, file_problems, runtime_problems
 from edgedx.backends.trt_runtime import TRT_OPTIONAL_RUNTIME_NAMES, TRT_RUNTIME_NAMES
 from edgedx.cuda import CudaDriver, CudaError, DeviceInfo
-from edgedx.errors import BackendUnavailable, UsageError
+from edgedx.errors import BackendError, BackendUnavailable, UsageError
 
 # -- the names the runtime uses, against the real tensorrt_lean -------------------------------------
 
@@ -325,26 +325,31 @@ class _Named:
 
 
 class FakeEngine(Strict):
-    """input (-1, 2, 4) -> logits (-1, 3) with logits[i, k] = (k + 1) * sum(input[i])."""
+    """input (-1, 2, 4) -> logits (-1, 3) with logits[i, k] = (k + 1) * sum(input[i]); with
+    ``extra``, also features (-1, 2) = (max(input[i]), min(input[i])), as an edgedx export's
+    ``features`` output rides beside the logits."""
 
     _cls = "ICudaEngine"
 
-    def __init__(self, trt, in_dtype="FLOAT", dynamic=True):
+    def __init__(self, trt, in_dtype="FLOAT", dynamic=True, extra=False):
         self._trt = trt
         self._in_dtype = in_dtype
         self._dynamic = dynamic
+        self._names = ["input", "logits", "features"] if extra else ["input", "logits"]
 
-    num_io_tensors = 2
+    @property
+    def num_io_tensors(self):
+        return len(self._names)
 
     def get_tensor_name(self, i):
-        return ["input", "logits"][i]
+        return self._names[i]
 
     def get_tensor_mode(self, name):
         return self._trt._INPUT if name == "input" else self._trt._OUTPUT
 
     def get_tensor_shape(self, name):
         b = -1 if self._dynamic else 4
-        return (b, *self._trt._row) if name == "input" else (b, 3)
+        return (b, *self._trt._row) if name == "input" else (b, 3) if name == "logits" else (b, 2)
 
     def get_tensor_dtype(self, name):
         return _Named(self._in_dtype if name == "input" else "FLOAT")
@@ -373,7 +378,7 @@ class FakeContext(Strict):
         return True
 
     def get_tensor_shape(self, name):
-        return (self._batch, *self._engine._trt._row) if name == "input" else (self._batch, 3)
+        return (self._batch, *self._engine._trt._row) if name == "input" else (self._batch, 3) if name == "logits" else (self._batch, 2)
 
     def set_tensor_address(self, name, ptr):
         self._addr[name] = ptr
@@ -386,6 +391,10 @@ class FakeContext(Strict):
             sums = x.astype(np.float32).reshape(n, 8).sum(axis=1)
             out = np.outer(sums, np.arange(1, 4, dtype=np.float32))
             ctypes.memmove(self._addr["logits"], out.tobytes(), out.nbytes)
+            if "features" in self._addr:
+                rows = x.astype(np.float32).reshape(n, 8)
+                feats = np.ascontiguousarray(np.stack([rows.max(1), rows.min(1)], 1))
+                ctypes.memmove(self._addr["features"], feats.tobytes(), feats.nbytes)
 
         self._engine._trt._cuda._op("enqueue", compute)
         self._runs += 1
@@ -404,7 +413,7 @@ class FakeRuntime(Strict):
         if not plan.startswith(b"PLAN"):
             self._logger.log(FakeTRT.ILogger.Severity.ERROR, "IRuntime::deserializeCudaEngine: Error Code 1: Serialization (magic tag does not match)")
             return None
-        return FakeEngine(self._trt, in_dtype=self._trt._in_dtype, dynamic=self._trt._dynamic)
+        return FakeEngine(self._trt, in_dtype=self._trt._in_dtype, dynamic=self._trt._dynamic, extra=self._trt._extra)
 
 
 class FakeRTXRuntime(FakeRuntime):
@@ -427,8 +436,9 @@ class FakeTRT(Strict):
             pass
 
     def __init__(self, cuda, version="10.3.0.30", in_dtype="FLOAT", dynamic=True, profile=((1, 2, 4), (2, 2, 4), (4, 2, 4)), validity=None,
-                 row=(2, 4)):
+                 row=(2, 4), extra=False):
         self._cuda = cuda
+        self._extra = extra
         self._row = tuple(row)  # the input's non-batch dims: (1, 2, 4) for an NCHW image model
         self._in_dtype = in_dtype
         self._dynamic = dynamic
@@ -586,6 +596,42 @@ def test_run_returns_the_first_output_and_timings(tmp_path, fakes):
         with pytest.raises(UsageError, match="each sample must have shape"):
             sess.run(np.zeros((1, 4, 2), np.float32))
     assert fakes["cuda"].memory == {} and fakes["cuda"].closed
+
+
+def test_extra_outputs_come_back_per_slot_in_submission_order(tmp_path, fakes):
+    """The OOD features and CAM ride beside the logits: copied back only when requested, each
+    batch's own rows after its wait(), also with two batches in flight and through CUDA graphs."""
+    fakes["trt_kwargs"] = {"extra": True}
+    engine = write_engine(tmp_path)
+    cuda = fakes["cuda"]
+    with TensorRTSession(engine) as sess:
+        assert sess.supports_extra_outputs and [o.name for o in sess.outputs] == ["logits", "features"]
+        batch = np.arange(24, dtype=np.float32).reshape(3, 2, 4)
+        copies = cuda.log.count("d2h")
+        np.testing.assert_allclose(sess.run(batch), expected(batch))
+        assert sess.last_extras == {} and cuda.log.count("d2h") == copies + 1  # not asked for: not copied
+        raw, extras = sess.run_with(batch, ("features",))
+        np.testing.assert_allclose(raw, expected(batch))
+        np.testing.assert_allclose(extras["features"], [[7, 0], [15, 8], [23, 16]])
+        assert extras["features"].dtype == np.float32 and sess.extra_outputs == ()
+        sess.request_outputs(("features",))
+        for rep in range(3):  # the second run of a shape is captured as a graph, the third launches it
+            a, b = sess.input_buffer(2), None
+            a[:] = 1.0 + rep
+            sess.submit(a)
+            b = sess.input_buffer(1)
+            b[:] = -5.0
+            sess.submit(b)
+            np.testing.assert_allclose(sess.wait(), expected(np.full((2, 2, 4), 1.0 + rep)))
+            np.testing.assert_allclose(sess.last_extras["features"], [[1.0 + rep, 1.0 + rep]] * 2)
+            np.testing.assert_allclose(sess.wait(), expected(np.full((1, 2, 4), -5.0)))
+            np.testing.assert_allclose(sess.last_extras["features"], [[-5.0, -5.0]])
+        assert "graph_launch" in cuda.log
+        with pytest.raises(BackendError, match="no extra output cam"):
+            sess.request_outputs(("cam",))
+        with pytest.raises(BackendError, match="no extra output logits"):
+            sess.request_outputs(("logits",))
+    assert cuda.memory == {}
 
 
 def test_input_buffer_is_pinned_memory_and_submit_copies_nothing(tmp_path, fakes, monkeypatch):
@@ -937,3 +983,19 @@ def test_tensorrt_rtx_missing_is_backend_unavailable_with_the_install_line(monke
         trt_runtime.import_tensorrt("tensorrt-rtx")
     with pytest.raises(BackendUnavailable, match="engine built with 'trt9'"):
         trt_runtime.import_tensorrt("trt9")
+
+
+def test_trust_plan_fetches_features_and_cam_from_a_tensorrt_session(tmp_path, fakes):
+    """With extra outputs on TensorRT, the OOD feature score and heatmaps run there too (no warning)."""
+    from edgedx import manifest as manifest_mod
+    from edgedx import ood, trust
+    from tests.factories import manifest_dict
+
+    fakes["trt_kwargs"] = {"extra": True}
+    data = manifest_dict()
+    data["output"].update(features="features")
+    data["ood"] = {**ood.fit(np.random.default_rng(0).normal(size=(50, 2)), rank=1), "threshold": 3.0}
+    m = manifest_mod.from_dict(data)
+    with TensorRTSession(write_engine(tmp_path)) as sess:
+        p = trust.plan(m, sess, use_gate=True, heatmap_dir=None)
+        assert p.scorer is not None and p.names == ("features",) and p.notes == []

@@ -30,7 +30,9 @@ the GPU runs::
     out = sess.wait()
 
 ``run(batch)`` is ``submit`` then ``wait``. Outputs are returned as new float32 arrays
-(``reuses_output_buffers`` is False). Any batch of 1..the profile's max runs: below the profile's
+(``reuses_output_buffers`` is False). The engine's other outputs (an edgedx export's ``features``
+and ``cam``) are computed with every batch anyway; those named by ``request_outputs`` are copied
+back too, per slot, and come out in ``last_extras`` after ``wait()``. Any batch of 1..the profile's max runs: below the profile's
 min (an N..N engine given a folder's tail batch) or below a fixed batch, the input is padded with
 zero rows, which are computed and dropped.
 """
@@ -73,7 +75,9 @@ class _Slot:
     host_out: np.ndarray
     staging: np.ndarray | None  # float32 buffer to preprocess into when the engine input is not float32
     events: tuple[Any, Any, Any, Any]
+    host_extra: dict[str, np.ndarray]  # pinned memory of the engine's other outputs
     batch: int = 0
+    extras: tuple[str, ...] = ()  # the extra outputs copied back for this slot's batch
 
 
 # -- the session --------------------------------------------------------------------------------
@@ -203,6 +207,7 @@ class TensorRTSession(Session):
         self._output = outs[0]
         self._out_dtype = out_dtypes[self._output]
         self._out_row = out_max[self._output][1:]
+        self._extra_rows = {o: out_max[o][1:] for o in outs[1:]}
         staging = self._in_dtype != np.float32
         self._slots = [
             _Slot(
@@ -210,6 +215,7 @@ class TensorRTSession(Session):
                 host_out=res.pinned(out_max[self._output], self._out_dtype),
                 staging=np.empty(in_max, np.float32) if staging else None,
                 events=(res.event(), res.event(), res.event(), res.event()),
+                host_extra={o: res.pinned(out_max[o], out_dtypes[o]) for o in outs[1:]},
             )
             for _ in range(2)
         ]
@@ -227,6 +233,23 @@ class TensorRTSession(Session):
     @property
     def max_batch_size(self) -> int | None:
         return self._batch.max
+
+    @property
+    def supports_extra_outputs(self) -> bool:
+        return True
+
+    def request_outputs(self, names: tuple[str, ...]) -> None:
+        """Copy these engine outputs back with every batch from now on (:meth:`Session.request_outputs`).
+
+        Raises:
+            BackendError: the engine has no output of that name (or it is the first output).
+        """
+        self._check_open()
+        unknown = [n for n in names if n not in self._extra_rows]
+        if unknown:
+            raise BackendError(f"{self.model_path.name} has no extra output {', '.join(unknown)} "
+                               f"(it has: {', '.join(self._extra_rows) or 'none'})")
+        super().request_outputs(names)
 
     @property
     def pending(self) -> int:
@@ -259,6 +282,7 @@ class TensorRTSession(Session):
         host = slot.host_in[:n]
         if not _same_buffer(batch, host):  # input_buffer() views are already in pinned memory
             np.copyto(host, batch, casting="same_kind")
+        slot.extras = self.extra_outputs
         self._enqueue(slot, n)
         self._ring.submit()
 
@@ -275,8 +299,8 @@ class TensorRTSession(Session):
             "compute": cuda.event_elapsed_ms(e1, e2),
             "d2h": cuda.event_elapsed_ms(e2, e3),
         }
-        rows = slot.host_out.reshape(-1)[: slot.batch * int(np.prod(self._out_row, dtype=np.int64))]
-        return rows.reshape((slot.batch, *self._out_row)).astype(np.float32, copy=True)
+        self.last_extras = {name: _rows(slot.host_extra[name], slot.batch, self._extra_rows[name]) for name in slot.extras}
+        return _rows(slot.host_out, slot.batch, self._out_row)
 
     def last_timings(self) -> dict[str, float]:
         return dict(self._timings)
@@ -339,6 +363,9 @@ class TensorRTSession(Session):
         cuda.event_record(e2, stream)
         out_bytes = n * _row_nbytes(slot.host_out)
         cuda.memcpy_dtoh_async(slot.host_out.ctypes.data, self._d_out[self._output], out_bytes, stream)
+        for name in slot.extras:
+            host = slot.host_extra[name]
+            cuda.memcpy_dtoh_async(host.ctypes.data, self._d_out[name], n * _row_nbytes(host), stream)
         cuda.event_record(e3, stream)
         slot.batch = n
         log.debug("tensorrt batch %d: %s (%s)", n, action.value, why)
@@ -436,6 +463,12 @@ class TensorRTSession(Session):
                     if self._driver is not None:
                         driver, self._driver = self._driver, None
                         driver.close()
+
+
+def _rows(host: np.ndarray, n: int, row: tuple[int, ...]) -> np.ndarray:
+    """The first ``n`` rows of a pinned output buffer as a new float32 (n, *row) array."""
+    flat = host.reshape(-1)[: n * int(np.prod(row, dtype=np.int64))]
+    return flat.reshape((n, *row)).astype(np.float32, copy=True)
 
 
 def _row_nbytes(buffer: np.ndarray) -> int:
