@@ -54,7 +54,7 @@ def plan(manifest: Manifest, session: Any, use_gate: bool, heatmap_dir: str | Pa
     if heatmap_dir is not None:
         if not manifest.cam_output or manifest.cam_output not in outputs:
             raise UsageError("--heatmap needs a model with a class-activation-map output (output.cam in its manifest); "
-                             "models with global average pooling and one linear layer get one at export")
+                             "models with global average pooling and one linear layer get one at export (edgedx export onnx --explain)")
         if not can:
             raise UsageError(f"the {session.name} backend cannot return the model's CAM output yet; use --backend onnxruntime")
         out.heatmap_dir = Path(heatmap_dir)

@@ -26,13 +26,27 @@ def gap_linear_parts(model: nn.Module) -> tuple[nn.Module, nn.Linear] | str:
     or why it is not (a sentence for the export log and docs)."""
     head = getattr(model, "head", None)
     if not isinstance(head, nn.Sequential):
-        return f"{type(model).__name__} has no `head` of global average pooling and one linear layer; CAM needs that shape"
+        return _torchvision_parts(model)
     layers = [m for m in head if not isinstance(m, (nn.Flatten, nn.Dropout, nn.Identity))]
     pool_ok = len(layers) == 2 and isinstance(layers[0], (nn.AdaptiveAvgPool2d,)) and layers[0].output_size in (1, (1, 1))
     if not pool_ok or not isinstance(layers[1], nn.Linear):
         return f"{type(model).__name__}'s head is {[type(m).__name__ for m in head]}, not global average pooling + one linear layer"
     children = [m for name, m in model.named_children() if name != "head"]
     return nn.Sequential(*children), layers[1]
+
+
+def _torchvision_parts(model: nn.Module) -> tuple[nn.Module, nn.Linear] | str:
+    """The torchvision layout (ResNet and alike): children applied in order, the last two
+    ``avgpool = AdaptiveAvgPool2d(1)`` and ``fc`` (or ``classifier``) one Linear, flattened between.
+    :func:`explainable` checks the result against the model itself, since ``forward`` may do more."""
+    children = list(model.named_children())
+    names = [n for n, _ in children]
+    if len(children) >= 3 and names[-2] == "avgpool" and names[-1] in ("fc", "classifier"):
+        pool, linear = children[-2][1], children[-1][1]
+        if isinstance(pool, nn.AdaptiveAvgPool2d) and pool.output_size in (1, (1, 1)) and isinstance(linear, nn.Linear):
+            return nn.Sequential(*(m for _, m in children[:-2])), linear
+    return (f"{type(model).__name__} has neither a `head` of global average pooling and one linear layer nor torchvision's "
+            "`avgpool` + `fc`; CAM needs that shape")
 
 
 class Explained(nn.Module):
@@ -72,9 +86,22 @@ class FlipTTA(nn.Module):
         return 0.5 * (self.model(x) + self.model(torch.flip(x, dims=[3])))
 
 
-def explainable(model: nn.Module, flip_tta: bool = False) -> tuple[nn.Module, list[str], str | None]:
-    """The module to export, its output names, and why there is no CAM/features output (or None)."""
+def explainable(model: nn.Module, flip_tta: bool = False, example: torch.Tensor | None = None) -> tuple[nn.Module, list[str], str | None]:
+    """The module to export, its output names, and why there is no CAM/features output (or None).
+
+    With an ``example`` input, the rebuilt module's logits must equal the model's own (a
+    ``forward`` that does more than apply its children in order, say a final ReLU or a second
+    pooling, would otherwise give a different model); when they do not, the model is exported as
+    it is, with the reason.
+    """
     parts = gap_linear_parts(model)
+    if not isinstance(parts, str) and example is not None:
+        with torch.inference_mode():
+            want = first_output(model(example)).float()
+            got = Explained(*parts)(example)[0].float()
+        if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-4, atol=1e-4 * max(1.0, float(want.abs().max()))):
+            parts = (f"{type(model).__name__}'s forward is not its children in order then pooling and the linear layer "
+                     "(the rebuilt logits differ); CAM needs that shape")
     if isinstance(parts, str):
         return (FlipTTA(model) if flip_tta else model).eval(), ["logits"], parts
     return Explained(*parts, flip_tta=flip_tta).eval(), ["logits", FEATURES_NAME, CAM_NAME], None

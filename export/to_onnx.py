@@ -162,16 +162,18 @@ def export_torch(
     else:
         fn = model.eval()
     output_names = [OUTPUT_NAME]
+    if explain and kind == "exported_program":
+        log.warning("no class-activation map or feature output: a torch.export program is exported as it is")
+    example = torch.from_numpy(preprocess.apply_batch(_cycle(decoded, fixed_batch or (2 if dynamic_batch else 1)), spec))
     if (explain or flip_tta) and kind != "exported_program":
         from export.explain import explainable
 
-        fn, names, why_not = explainable(fn, flip_tta)
+        fn, names, why_not = explainable(fn, flip_tta, example)
         model = fn
         if explain:
             output_names = names
             if why_not:
                 log.warning("no class-activation map or feature output: %s", why_not)
-    example = torch.from_numpy(preprocess.apply_batch(_cycle(decoded, fixed_batch or (2 if dynamic_batch else 1)), spec))
 
     def run_source(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():

@@ -48,6 +48,32 @@ def test_models_without_gap_linear_head_say_why():
     assert not isinstance(explain.gap_linear_parts(ResNet(1, 2, width=4)), str)
 
 
+def test_torchvision_layout_is_explained_only_when_its_forward_is_its_children_in_order():
+    from export.models import resnet18
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 64, 64)
+    net = resnet18(num_classes=2, in_channels=1).eval()
+    wrapped, names, why_not = explain.explainable(net, example=x)
+    assert why_not is None and names == ["logits", "features", "cam"]
+    with torch.no_grad():
+        logits, feats, cam = wrapped(x)
+        assert torch.allclose(logits, net(x), atol=1e-5) and feats.shape == (2, 512) and cam.shape == (2, 2, 2, 2)
+
+    class Tricky(torch.nn.Module):  # torchvision's names, but forward does more than apply them in order
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 4, 3)
+            self.avgpool = torch.nn.AdaptiveAvgPool2d(1)
+            self.fc = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(self.avgpool(torch.relu(self.conv(x))), 1))
+
+    model, names, why_not = explain.explainable(Tricky().eval(), example=x)
+    assert names == ["logits"] and "rebuilt logits differ" in why_not and isinstance(model, Tricky)
+
+
 @pytest.fixture(scope="module")
 def explained_onnx(tmp_path_factory):
     from edgedx import manifest as manifest_mod
@@ -179,3 +205,48 @@ def test_classify_without_the_gate_skips_the_layout(layout_model, tmp_path):
     with Classifier(layout_model, "onnxruntime", use_gate=False) as clf:
         results = list(clf.classify_many(_layout_inputs(tmp_path)))
     assert all(r.status == "ok" for r in results)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_resnet18_exported_with_explain_gives_heatmaps_on_every_cpu_backend(tmp_path, backend):
+    """`edgedx export onnx --explain` on a torchvision-layout ResNet-18, then `classify --heatmap`:
+    one PNG per answer on ONNX Runtime and OpenVINO, and the same CAM from both."""
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+    from edgedx import Classifier
+    from edgedx.cli import main
+    from export.models import resnet18
+
+    torch.manual_seed(0)
+    net = resnet18(num_classes=2, in_channels=1).eval()
+    torch.save(net.state_dict(), tmp_path / "r18.pth")
+    scans = []
+    for i in range(3):
+        scans.append(str(tmp_path / f"scan{i}.png"))
+        cv2.imwrite(scans[-1], frame(96, 96, seed=i))
+    model = tmp_path / "r18.onnx"
+    assert main(["export", "onnx", str(tmp_path / "r18.pth"), "-o", str(model), "--arch", "resnet18", "--arch-kwargs", '{"in_channels": 1}',
+                 "--labels", "NORMAL,PNEUMONIA", "--positive", "PNEUMONIA", "--size", "64", "--channels", "1", "--explain",
+                 "--images", scans[0], "--json"]) == 0
+    out = tmp_path / "records.ndjson"
+    assert main(["classify", *scans, "-m", str(model), "--backend", backend, "--heatmap", str(tmp_path / backend), "--json",
+                 "-o", str(out), "-q"]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["backend"] for r in records] == [backend] * 3
+    assert all(r["heatmap"] and cv2.imread(r["heatmap"]).shape == (64, 64, 3) for r in records)
+    images = [frame(96, 96, seed=i) for i in range(3)]
+    from edgedx import preprocess
+
+    with Classifier(model, backend) as clf, Classifier(model, "onnxruntime") as ref:
+        batch = preprocess.apply_batch(images, clf.manifest.preprocess)
+        _, got = clf.session.run_with(batch, ("cam",))
+        _, want = ref.session.run_with(batch, ("cam",))
+    assert got["cam"].shape == (3, 2, 2, 2) and np.abs(got["cam"] - want["cam"]).max() <= 1e-3 * max(1.0, np.abs(want["cam"]).max())
+
+
+def test_explain_is_refused_for_onnx_sources(explained_onnx, tmp_path, capsys):
+    from edgedx.cli import main
+
+    assert main(["export", "onnx", str(explained_onnx), "-o", str(tmp_path / "x.onnx"), "--labels", "NORMAL,PNEUMONIA", "--explain"]) == 2
+    assert "--explain is for PyTorch sources" in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()
