@@ -68,7 +68,7 @@ def onnx_command(
     num_images: int = typer.Option(16, "--num-images", min=1, help="How many of --images to compare on."),
     opset: int = typer.Option(17, min=13, help="ONNX opset (PyTorch and Keras sources)."),
     simplify: bool = typer.Option(False, "--simplify", help="Simplify the graph with onnxslim (or onnx-simplifier)."),
-    explain: bool = typer.Option(False, "--explain", help="PyTorch: add the pooled `features` (OOD score) and class-activation map `cam` (--heatmap) outputs; models with global average pooling and one linear head."),
+    explain: bool = typer.Option(False, "--explain", help="Add the pooled `features` (OOD score) and class-activation map `cam` (--heatmap) outputs: models that end in global average pooling and one linear layer (PyTorch, ONNX, Keras)."),
     static_batch: bool = typer.Option(False, "--static-batch", help="Batch axis fixed at 1 instead of dynamic."),
     atol: float = typer.Option(1e-4, min=0.0, help="Largest allowed probability difference from the source."),
     min_agreement: float = typer.Option(1.0, min=0.0, max=1.0, help="Smallest allowed top-1 agreement with the source."),
@@ -97,16 +97,13 @@ def onnx_command(
 
         if manifest_file is not None or arch is not None:
             raise UsageError("--manifest and --arch are for PyTorch sources; an ONNX model takes --labels and the preprocessing options")
-        if explain:
-            raise UsageError("--explain is for PyTorch sources: export the PyTorch model with it (an ONNX graph is taken as it is)")
-        result = import_onnx(model, output, given, images=files, static_batch=static_batch, simplify=simplify, tolerance=tol)
+        result = import_onnx(model, output, given, images=files, static_batch=static_batch, simplify=simplify, tolerance=tol,
+                             explain=explain)
     elif suffix in (".keras", ".h5", ".hdf5"):
         if not labels:
             raise UsageError("Keras models need --labels (in output order: flow_from_directory sorts the class folders)")
-        if explain:
-            raise UsageError("--explain is for PyTorch sources; a Keras model is exported as it is")
         result = from_keras.export_keras(model, output, list(given.labels or ()), positive_label=positive, threshold=threshold_value, given=given,
-                                         images=files, opset=opset, simplify=simplify, tolerance=tol)
+                                         images=files, opset=opset, simplify=simplify, tolerance=tol, explain=explain)
     else:
         manifest = _torch_manifest(manifest_file, given)
         kwargs = _json_arg(arch_kwargs, "--arch-kwargs") if arch_kwargs else None

@@ -41,6 +41,7 @@ def export_keras(
     opset: int = 17,
     simplify: bool = False,
     tolerance: Tolerance = Tolerance(),
+    explain: bool = False,
 ) -> dict[str, Any]:
     """Export a Keras 3 ``.keras`` or legacy ``.h5`` model (no TensorFlow: Keras's torch backend).
 
@@ -59,6 +60,8 @@ def export_keras(
         spec: the whole preprocessing, as is (overrides ``given``'s preprocessing options).
         given: command-line options (size, scale, interpolation, accepts, ...); the labels,
             positive label and threshold above win over its own.
+        explain: add the ``features`` and ``cam`` outputs (:mod:`export.explain_onnx`) when the
+            model ends in global average pooling and one Dense layer; the log says why not.
 
     Raises:
         ModelError: a one-unit softmax head (always 1.0), a head without softmax/sigmoid, or a
@@ -134,6 +137,12 @@ def export_keras(
     with tempfile.TemporaryDirectory(prefix="edgedx-export-") as tmp:
         raw = Path(tmp) / "model.onnx"
         export_legacy(model, example, raw, opset, dynamic_batch=True)
+        if explain:
+            from export.explain_onnx import example_batch, explain_file
+
+            why = explain_file(raw, example_batch(example.numpy()))
+            if why is not None:
+                log.warning("no class-activation map or feature output: %s", why)
         info = {"from": f"keras {path.suffix.lstrip('.')}", "exporter": f"keras {keras.__version__} (torch backend), torch {torch.__version__} torchscript"}
         return finish_export(raw, output, manifest, decoded, None, info, opset=opset, simplify=simplify,
                              tolerance=tolerance, source_probs=source_probs)

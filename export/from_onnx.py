@@ -44,6 +44,7 @@ def import_onnx(
     static_batch: bool = False,
     simplify: bool = False,
     tolerance: Tolerance = Tolerance(),
+    explain: bool = False,
 ) -> dict[str, Any]:
     """Check an existing ONNX model, attach its manifest and write it self-contained to ``output``.
 
@@ -52,6 +53,8 @@ def import_onnx(
             (size, channels, layout) or the defaults (scale 1/255, mean 0, std 1, area resize).
         images: real scans to compare the result with the source graph on.
         static_batch: keep a batch axis fixed at 1 instead of trying to make it dynamic.
+        explain: add the ``features`` and ``cam`` outputs (:mod:`export.explain_onnx`) when the
+            graph ends in global average pooling and one linear layer; the log says why not.
 
     Returns:
         A summary as :func:`export.to_onnx.finish_export` gives it, with ``batch`` and
@@ -111,6 +114,12 @@ def import_onnx(
         batch = "static 1 (--static-batch)" if static_batch else _make_batch_dynamic(model, spec, decoded)
     info = {"from": "onnx", "source_opset": opset, "batch": batch, "external_data": folded,
             "exporter": f"onnx {onnx.__version__} (graph brought by the user)"}
+    if explain:
+        from export.explain_onnx import add_trust_outputs, example_batch
+
+        why = add_trust_outputs(model, example_batch(preprocess.apply_batch(decoded[:2], spec)))
+        if why is not None:
+            log.warning("no class-activation map or feature output: %s", why)
     with tempfile.TemporaryDirectory(prefix="edgedx-import-") as tmp:
         raw = Path(tmp) / "model.onnx"
         onnx.save_model(model, str(raw), save_as_external_data=False)

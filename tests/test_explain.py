@@ -244,9 +244,71 @@ def test_resnet18_exported_with_explain_gives_heatmaps_on_every_cpu_backend(tmp_
     assert got["cam"].shape == (3, 2, 2, 2) and np.abs(got["cam"] - want["cam"]).max() <= 1e-3 * max(1.0, np.abs(want["cam"]).max())
 
 
-def test_explain_is_refused_for_onnx_sources(explained_onnx, tmp_path, capsys):
+def test_onnx_graph_ending_in_pooling_and_gemm_gets_the_trust_outputs(tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    from export.explain_onnx import add_trust_outputs, example_batch
+    from tests.factories import tiny_cnn
+
+    model = onnx.load(str(tiny_cnn(tmp_path / "t.onnx", size=32)))
+    x = example_batch(np.random.default_rng(0).normal(size=(2, 1, 32, 32)).astype(np.float32))
+    assert add_trust_outputs(model, x) is None
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    logits, feats, cam = sess.run(None, {"input": x})
+    assert [o.name for o in sess.get_outputs()] == ["logits", "features", "cam"]
+    assert feats.shape == (4, 8) and cam.shape[:2] == (4, 2)
+    bias = logits - cam.mean((2, 3))
+    assert np.ptp(bias, axis=0).max() < 1e-4
+
+    # an ending that is not pooling + one linear layer: left as it was, with the reason
+    other = onnx.load(str(tiny_cnn(tmp_path / "u.onnx", size=32)))
+    last = other.graph.output[0].name
+    for node in other.graph.node:
+        if last in node.output:
+            node.output[0] = "pre_relu"
+    other.graph.node.append(onnx.helper.make_node("Relu", ["pre_relu"], [last]))
+    before = other.SerializeToString()
+    why = add_trust_outputs(other, x)
+    assert "Relu" in why and other.SerializeToString() == before
+
+
+@pytest.mark.parametrize("source", ["onnx", "keras"])
+def test_export_onnx_explain_for_onnx_and_keras_sources(tmp_path, source, request):
+    """A plain ONNX ResNet-18 (torch.onnx, no edgedx) and a Keras CNN with GlobalAveragePooling2D
+    and a Dense softmax: `edgedx export onnx --explain` adds the outputs, `classify --heatmap` uses them."""
+    from edgedx import manifest as manifest_mod
     from edgedx.cli import main
 
-    assert main(["export", "onnx", str(explained_onnx), "-o", str(tmp_path / "x.onnx"), "--labels", "NORMAL,PNEUMONIA", "--explain"]) == 2
-    assert "--explain is for PyTorch sources" in capsys.readouterr().err
-    assert not (tmp_path / "x.onnx").exists()
+    scans = []
+    for i in range(3):
+        scans.append(str(tmp_path / f"scan{i}.png"))
+        cv2.imwrite(scans[-1], frame(96, 96, seed=i))
+    if source == "onnx":
+        from export.models import resnet18
+
+        torch.manual_seed(0)
+        net = resnet18(num_classes=2, in_channels=1).eval()
+        src = tmp_path / "plain.onnx"
+        torch.onnx.export(net, torch.randn(1, 1, 64, 64), str(src), input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, opset_version=17, dynamo=False)
+        extra = ["--channels", "1"]
+    else:
+        keras = request.getfixturevalue("keras")
+        inp = keras.Input((48, 48, 1))
+        h = keras.layers.Conv2D(8, 3, activation="relu")(inp)
+        h = keras.layers.Conv2D(8, 3, activation="relu")(h)
+        h = keras.layers.GlobalAveragePooling2D()(h)
+        out = keras.layers.Dense(2, activation="softmax")(h)
+        src = tmp_path / "k.keras"
+        keras.Model(inp, out).save(str(src))
+        extra = []
+    model = tmp_path / "out.onnx"
+    assert main(["export", "onnx", str(src), "-o", str(model), "--labels", "NORMAL,PNEUMONIA", "--positive", "PNEUMONIA",
+                 *extra, "--explain", "--images", scans[0], "--json"]) == 0
+    m = manifest_mod.load(model)
+    assert m.features_output == "features" and m.cam_output == "cam"
+    out = tmp_path / "records.ndjson"
+    assert main(["classify", *scans, "-m", str(model), "--heatmap", str(tmp_path / "maps"), "--json", "-o", str(out), "-q"]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 3 and all(r["heatmap"] and cv2.imread(r["heatmap"]) is not None for r in records)
