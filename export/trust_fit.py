@@ -93,21 +93,39 @@ def cam_correlation(a: np.ndarray, b: np.ndarray, positive_index: int) -> np.nda
     return (ma * mb).sum(1) / np.maximum(np.linalg.norm(ma, axis=1) * np.linalg.norm(mb, axis=1), 1e-12)
 
 
-def validation_sets(val_dir: Path, info: dict[str, Any], seed: int = 0) -> dict[str, Any]:
-    """The clean validation set of ``val_dir`` and its shifted copy (:mod:`export.shift`), as train.Dataset."""
-    from export.train import load_folder, make_shifted
+def validation_sets(val_dir: Path, info: dict[str, Any], seed: int = 0, more_draws: int = 3) -> dict[str, Any]:
+    """The clean validation set of ``val_dir``, its shifted copy (:mod:`export.shift`; the draw
+    training selected and calibrated on) and ``more_draws`` further shifted copies pooled into
+    ``shifted_more`` (draws training never saw: an honest estimate, and a larger sample for the
+    out-of-distribution thresholds), as train.Dataset."""
+    from export.train import Dataset, load_folder, make_shifted
 
     val, classes = load_folder(val_dir)
     positive = info.get("positive_label")
     pos = classes.index(positive) if positive in classes else None
     shifted = make_shifted(val, pos, seed)
-    return {"val": val, **({"shifted_val": shifted} if shifted is not None else {})}
+    if shifted is None:
+        return {"val": val}
+    more = [make_shifted(val, pos, seed + 7919 * (k + 1)) for k in range(more_draws)]
+    out = {"val": val, "shifted_val": shifted}
+    if more:
+        out["shifted_more"] = Dataset([im for d in more for im in d.images], np.concatenate([d.labels for d in more]),
+                                      [g for d in more for g in d.groups])
+    return out
+
+
+def _pooled(scores: list[tuple[str, np.ndarray]]) -> list[tuple[str, np.ndarray]]:
+    """The clean scores, and every shifted set's scores pooled into one sample."""
+    clean = [(n, s) for n, s in scores if not n.startswith("shifted")]
+    shifted = [s for n, s in scores if n.startswith("shifted")]
+    return clean + ([("shifted (pooled)", np.concatenate(shifted))] if shifted else [])
 
 
 def finish_one(path: Path, sets: dict[str, Any], reject: float, layout_reject: float = 0.002) -> dict[str, Any]:
     """Validation metrics of one file on each set, and its OOD thresholds (written into its manifest):
-    the highest of the sets' ``1 - reject`` quantiles of the feature score, and of the sets'
-    ``1 - layout_reject`` quantiles of the image-layout score (when the section has one)."""
+    the higher of the ``1 - reject`` quantiles of the feature score on the clean set and on all
+    shifted sets pooled, and likewise at ``1 - layout_reject`` for the image-layout score (when the
+    section has one)."""
     entry: dict[str, Any] = {}
     scores, layout_scores = [], []
     for name, data in sets.items():
@@ -120,24 +138,26 @@ def finish_one(path: Path, sets: dict[str, Any], reject: float, layout_reject: f
                 vectors = np.stack([ood.layout(preprocess.resize(im, manifest.preprocess), scorer.size) for im in data.images])
                 layout_scores.append((name, scorer.score(vectors)))
     if scores:
-        threshold = max(float(np.quantile(s, 1 - reject)) for _, s in scores)
+        threshold = max(float(np.quantile(s, 1 - reject)) for _, s in _pooled(scores))
         entry["ood_threshold"] = threshold
         entry["ood_rejected"] = {name: float(np.mean(s > threshold)) for name, s in scores}
         section = dict(load_manifest(path).ood)
         if layout_scores:
-            limit = max(float(np.quantile(s, 1 - layout_reject)) for _, s in layout_scores)
+            limit = max(float(np.quantile(s, 1 - layout_reject)) for _, s in _pooled(layout_scores))
             entry["layout_threshold"] = limit
             entry["layout_rejected"] = {name: float(np.mean(s > limit)) for name, s in layout_scores}
             either = {name: float(np.mean((s > threshold) | (ls > limit))) for (name, s), (_, ls) in zip(scores, layout_scores)}
             entry["ood_rejected_either"] = either
             section["layout"] = {**section["layout"], "threshold": float(f"{limit:.6g}"),
-                                 "threshold_rule": f"highest of the {1 - layout_reject:.3g} quantiles of the clean and shifted validation scores",
+                                 "threshold_rule": f"higher of the {1 - layout_reject:.3g} quantiles of the clean and the pooled shifted validation scores",
                                  "validation_rejected": entry["layout_rejected"]}
         set_ood(path, section, threshold,
-                {"threshold_rule": f"highest of the {1 - reject:.3g} quantiles of the clean and shifted validation scores",
+                {"threshold_rule": f"higher of the {1 - reject:.3g} quantiles of the clean and the pooled shifted validation scores",
                  "validation_rejected": entry["ood_rejected"],
                  **({"validation_rejected_either": entry["ood_rejected_either"]} if layout_scores else {})},
-                {"validation_shifted": {k: v for k, v in entry.get("shifted_val", {}).items() if k != "confusion"}})
+                {"validation_shifted": {k: v for k, v in entry.get("shifted_val", {}).items() if k != "confusion"},
+                 **({"validation_shifted_more": {k: v for k, v in entry["shifted_more"].items() if k != "confusion"}}
+                    if "shifted_more" in entry else {})})
     return entry
 
 

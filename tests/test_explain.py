@@ -312,3 +312,32 @@ def test_export_onnx_explain_for_onnx_and_keras_sources(tmp_path, source, reques
     assert main(["classify", *scans, "-m", str(model), "--heatmap", str(tmp_path / "maps"), "--json", "-o", str(out), "-q"]) == 0
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == 3 and all(r["heatmap"] and cv2.imread(r["heatmap"]) is not None for r in records)
+
+
+def test_bundle_thresholds_come_from_clean_and_pooled_shifted_scores(layout_model):
+    """finish_one sets each OOD part's threshold at the higher of its quantile on the clean set and
+    on every shifted set pooled (one draw of a few hundred images gave a noisy 99.5% quantile)."""
+    from edgedx import manifest as manifest_mod
+    from edgedx import ood, preprocess
+    from export import trust_fit
+    from export.train import Dataset
+    from tests.factories import two_fields
+
+    rng = np.random.default_rng(5)
+
+    def data(n, contrast):
+        images = [np.clip(two_fields(rng, 128).astype(np.float32) * contrast, 0, 255).astype(np.uint8) for _ in range(n)]
+        return Dataset(images, np.arange(n) % 2, [str(i) for i in range(n)])
+
+    sets = {"val": data(40, 1.0), "shifted_val": data(30, 0.7), "shifted_more": data(60, 1.3)}
+    entry = trust_fit.finish_one(layout_model, sets, reject=0.05, layout_reject=0.02)
+    m = manifest_mod.load(layout_model)
+    _, outs = trust_fit.run_outputs(layout_model, [im for d in sets.values() for im in d.images])
+    feats = ood.Scorer(m.ood).score(outs["features"])
+    clean, shifted = feats[:40], feats[40:]
+    assert m.ood["threshold"] == pytest.approx(max(np.quantile(clean, 0.95), np.quantile(shifted, 0.95)), rel=1e-5)
+    lay = ood.layout_scorer(m.ood).score(np.stack([ood.layout(preprocess.resize(im, m.preprocess))
+                                                   for d in sets.values() for im in d.images]))
+    assert m.ood["layout"]["threshold"] == pytest.approx(max(np.quantile(lay[:40], 0.98), np.quantile(lay[40:], 0.98)), rel=1e-5)
+    assert set(entry["ood_rejected"]) == {"val", "shifted_val", "shifted_more"} and "pooled" in m.ood["threshold_rule"]
+    assert set(m.ood["validation_rejected_either"]) == {"val", "shifted_val", "shifted_more"}
