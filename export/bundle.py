@@ -114,7 +114,7 @@ def bundle_default(
     accepts: dict[str, Any] | None = None,
     flip_tta: bool = False,
     ood_images: int = 1500,
-    ood_reject: float = 0.005,
+    ood_reject: float = 0.002,
     layout: bool = True,
     layout_reject: float = 0.002,
 ) -> dict[str, Any]:
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval", dest="eval_data", default=None, help="labelled data (class folders or .npz) for the INT8 gate")
     ap.add_argument("--split", default=None)
     ap.add_argument("--flip-tta", action="store_true", help="average over the image and its mirror image, inside the graph")
-    ap.add_argument("--ood-reject", type=float, default=0.005,
+    ap.add_argument("--ood-reject", type=float, default=0.002,
                     help="share of validation chest X-rays (clean and shifted) the OOD threshold may reject")
     ap.add_argument("--no-layout", dest="layout", action="store_false",
                     help="no image-layout part in the OOD score (it suits inputs with one typical layout, like chest radiographs)")

@@ -93,7 +93,7 @@ def cam_correlation(a: np.ndarray, b: np.ndarray, positive_index: int) -> np.nda
     return (ma * mb).sum(1) / np.maximum(np.linalg.norm(ma, axis=1) * np.linalg.norm(mb, axis=1), 1e-12)
 
 
-def validation_sets(val_dir: Path, info: dict[str, Any], seed: int = 0, more_draws: int = 3) -> dict[str, Any]:
+def validation_sets(val_dir: Path, info: dict[str, Any], seed: int = 0, more_draws: int = 5) -> dict[str, Any]:
     """The clean validation set of ``val_dir``, its shifted copy (:mod:`export.shift`; the draw
     training selected and calibrated on) and ``more_draws`` further shifted copies pooled into
     ``shifted_more`` (draws training never saw: an honest estimate, and a larger sample for the
