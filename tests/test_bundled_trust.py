@@ -4,6 +4,7 @@ and INT8 heatmaps agree. Real data from ../shared/data; skipped cleanly where ab
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -64,6 +65,29 @@ def test_inputs_outside_the_model_are_rejected_with_a_reason(bundled_manifest, t
     with Classifier(INT8, "onnxruntime") as clf:
         results = list(clf.classify_many(files))
     assert all(r.status == "rejected" and r.reason for r in results), [(r.path, r.status, r.score, r.ood_score) for r in results]
+
+
+def test_ultrasound_scaled_up_to_xray_size_is_rejected(bundled_manifest, tmp_path):
+    """BreastMNIST ultrasound scaled up from 28 px to 256 px: too blurry for the feature score alone,
+    the image-layout part of the OOD check must catch it."""
+    images = np.load(need(DATA / "breastmnist" / "breastmnist_trainval.npz"))["val_images"]
+    files = []
+    for i, img in enumerate(images):
+        files.append(str(tmp_path / f"us{i}.png"))
+        cv2.imwrite(files[-1], cv2.resize(img, (256, 256), interpolation=cv2.INTER_CUBIC))
+    with Classifier(INT8, "onnxruntime") as clf:
+        results = list(clf.classify_many(files))
+    rejected = [r for r in results if r.status == "rejected"]
+    assert all(r.reason_code == "out_of_distribution" for r in rejected)
+    assert len(rejected) >= 0.9 * len(results), f"{len(rejected)} of {len(results)} rejected"
+    # Triton's preprocessing step (edgedx.serving.stages) applies the same layout check
+    import json
+
+    from edgedx.serving import stages
+
+    served = [stages.prepare(Path(f).read_bytes(), bundled_manifest, stages.decode_options(bundled_manifest)) for f in files]
+    served_rejected = [json.loads(p.status)["reason_code"] for p in served if p.status]
+    assert len(served_rejected) >= 0.9 * len(files) and set(served_rejected) == {"out_of_distribution"}
 
 
 @pytest.fixture(scope="module")
