@@ -38,8 +38,8 @@ from edgedx.manifest import load as load_manifest
 MODELS = {"int8": bundled.MODELS_DIR / bundled.DEFAULT_CPU, "fp32": bundled.MODELS_DIR / bundled.DEFAULT_FP32}
 
 
-def _model_rows(backend: str, precision: str, path: Path, batches: list[np.ndarray], threads: int) -> list[tuple[str, Any]]:
-    """(row name, zero-argument timed function) per output set; sessions opened here, closed by the caller."""
+def _model_rows(backend: str, precision: str, path: Path, batches: list[np.ndarray], threads: int) -> list[tuple[str, Any, Any]]:
+    """(row name, zero-argument timed function, its session) per output set; the caller closes the sessions."""
     m = load_manifest(path)
     sets = {"logits": (), "logits+features": (m.features_output,), "logits+features+cam": (m.features_output, m.cam_output)}
     rows = []

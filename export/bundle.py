@@ -153,7 +153,7 @@ def bundle_default(
 
     # The FP32 file is final (OOD parameters and threshold) before it is quantized, so the INT8
     # model's provenance names the hash of the FP32 file that ships.
-    train_feats, train_samples = trust_fit.features(out_dir / FP32_NAME, quant.select_images(calib_images, ood_images), with_samples=True)
+    train_feats, train_samples = trust_fit.features(out_dir / FP32_NAME, quant.select_images(calib_images, ood_images))
     trust_fit.set_ood(out_dir / FP32_NAME, trust_fit.fit_params(train_feats, train_samples if layout else None), None)
     report: dict[str, Any] = {}
     sets = trust_fit.validation_sets(Path(eval_data), info) if eval_data is not None else None

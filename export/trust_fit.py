@@ -41,16 +41,14 @@ def run_outputs(path: Path, images: Sequence[np.ndarray], batch_size: int = 32) 
     return manifest, {n: np.concatenate(v) for n, v in chunks.items()}
 
 
-def features(path: Path, files: Sequence[Path], with_samples: bool = False) -> Any:
-    """Pooled penultimate features of ``files`` (decoded like the runtime decodes them); with
-    ``with_samples``, also the images resized as the model takes them (for the layout score)."""
+def features(path: Path, files: Sequence[Path]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Pooled penultimate features of ``files`` (decoded like the runtime decodes them), and the
+    images resized as the model takes them (for the layout score)."""
     images = [decode.decode_file(f)[0].image for f in files]
     manifest, outs = run_outputs(path, images)
     if not manifest.features_output:
         raise ModelError(f"{path.name} has no features output")
-    if with_samples:
-        return outs[manifest.features_output], [preprocess.resize(im, manifest.preprocess) for im in images]
-    return outs[manifest.features_output]
+    return outs[manifest.features_output], [preprocess.resize(im, manifest.preprocess) for im in images]
 
 
 def fit_params(train_features: np.ndarray, layout_samples: Sequence[np.ndarray] | None = None) -> dict[str, Any]:

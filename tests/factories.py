@@ -94,3 +94,11 @@ def two_fields(rng, size=96):
         cv2.ellipse(img, c, (int(size * 0.14), int(size * 0.3)), 0, 0, 360, float(rng.uniform(40, 90)), -1)
     img = img * rng.uniform(0.7, 1.1) + rng.uniform(-20, 20) + rng.normal(0, 6, img.shape)
     return img.clip(0, 255).astype(np.uint8)
+
+
+def resolve_dotted(module, dotted: str):
+    """``module.A.B`` for ``"A.B"``: the name checks against real TensorRT packages (AttributeError when missing)."""
+    obj = module
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj

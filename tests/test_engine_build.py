@@ -612,28 +612,33 @@ def test_gpu_truncated_plan_is_a_clear_error_not_a_crash(tmp_path, real_builder)
 # -- first-contact fixes: what the build report and the sidecar may claim --------------------------------
 
 
+def _after_builder(monkeypatch, change) -> None:
+    """Run ``change()`` right after the fake TensorRT's Builder is made (its config exists then)."""
+    original = eng._import_builder
+
+    def patched(requested):
+        chosen = original(requested)
+        make = chosen.module.Builder
+
+        def builder(logger):
+            b = make(logger)
+            change()
+            return b
+
+        object.__setattr__(chosen.module, "Builder", builder)
+        return chosen
+
+    monkeypatch.setattr(eng, "_import_builder", patched)
+
+
 def test_an_unreadable_timing_cache_is_reported_as_replaced_not_loaded(tmp_path, fake_build, monkeypatch):
     """TensorRT answers a foreign or corrupt cache with an *empty* cache and a warning, not an error."""
     real_builder = fake_build["record"]
     model = tiny_onnx(tmp_path / "model.onnx", "fp16")
     cache = tmp_path / "tc.bin"
     cache.write_bytes(b"garbage")
-    original = eng._import_builder
-
-    def replacing(requested):
-        chosen = original(requested)
-        make = chosen.module.Builder
-
-        def builder(logger):
-            b = make(logger)
-            config = real_builder["config"]
-            object.__setattr__(config, "create_timing_cache", lambda blob: type("C", (), {"serialize": lambda self: b"EMPTY"})())
-            return b
-
-        object.__setattr__(chosen.module, "Builder", builder)
-        return chosen
-
-    monkeypatch.setattr(eng, "_import_builder", replacing)
+    _after_builder(monkeypatch, lambda: object.__setattr__(
+        real_builder["config"], "create_timing_cache", lambda blob: type("C", (), {"serialize": lambda self: b"EMPTY"})()))
     report = eng.build_engine(model, precision="fp16", timing_cache=cache)
     assert report.timing_cache_state is eng.CacheState.REPLACED and not report.timing_cache_loaded
     assert "was unreadable here, TensorRT started an empty one" in report.summary()
@@ -646,23 +651,11 @@ def test_a_new_timing_cache_is_reported_as_new(tmp_path, fake_build):
 
 
 def test_hardware_compatibility_the_builder_ignores_is_refused_not_recorded(tmp_path, fake_build, monkeypatch):
-    original = eng._import_builder
+    def ignore():
+        cls = type(fake_build["record"]["config"])
+        cls.hardware_compatibility_level = property(lambda self: "HardwareCompatibilityLevel.NONE", lambda self, v: None)
 
-    def ignoring(requested):
-        chosen = original(requested)
-        make = chosen.module.Builder
-
-        def builder(logger):
-            b = make(logger)
-            config = fake_build["record"]["config"]
-            cls = type(config)
-            cls.hardware_compatibility_level = property(lambda self: "HardwareCompatibilityLevel.NONE", lambda self, v: None)
-            return b
-
-        object.__setattr__(chosen.module, "Builder", builder)
-        return chosen
-
-    monkeypatch.setattr(eng, "_import_builder", ignoring)
+    _after_builder(monkeypatch, ignore)
     model = tiny_onnx(tmp_path / "model.onnx", "fp16")
     with pytest.raises(BackendError, match="did not keep --hardware-compatible"):
         eng.build_engine(model, precision="fp16", hardware_compatible=True)

@@ -258,7 +258,7 @@ def test_read_only_and_full_file_systems(model, scans, small_tmpfs):
 
 
 @pytest.mark.parametrize("command", ["info --json", "models --json", "info --versions", "eval {model} {data} --json"])
-def test_other_commands_piped_into_head_end_quietly_with_0(model, scans, tmp_path, command):
+def test_other_commands_with_a_closed_reader_end_quietly_with_0(model, scans, tmp_path, command):
     """info, models, bench, eval: a reader that stops early is not an error (click would exit 1)."""
     data = tmp_path / "data"
     for label in ("NORMAL", "PNEUMONIA"):

@@ -20,15 +20,9 @@ from edgedx.backends.trt_guard import EngineGuardError, RuntimeFacts, fallback_o
 from edgedx.backends.trt_runtime import TRT_OPTIONAL_RUNTIME_NAMES, TRT_RUNTIME_NAMES
 from edgedx.cuda import CudaDriver, CudaError, DeviceInfo
 from edgedx.errors import BackendError, BackendUnavailable, UsageError
+from tests.factories import resolve_dotted
 
 # -- the names the runtime uses, against the real tensorrt_lean -------------------------------------
-
-
-def _resolve(module, dotted: str):
-    obj = module
-    for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def test_every_runtime_name_exists_in_the_real_tensorrt_lean():
@@ -36,7 +30,7 @@ def test_every_runtime_name_exists_in_the_real_tensorrt_lean():
     missing = []
     for name in TRT_RUNTIME_NAMES:
         try:
-            _resolve(trt, name)  # classes and enum members only: no TensorRT object is created
+            resolve_dotted(trt, name)  # classes and enum members only: no TensorRT object is created
         except AttributeError:
             missing.append(name)
     assert not missing, f"tensorrt_lean {trt.__version__} lacks {missing}"

@@ -31,16 +31,10 @@ from edgedx.errors import UsageError  # noqa: E402
 from export.onnx_precision import check_precision, inspect_onnx, load_onnx  # noqa: E402
 from export.options import Target  # noqa: E402
 from tests.conftest import XRAY, need  # noqa: E402
+from tests.factories import resolve_dotted  # noqa: E402
 
 #: Seconds one ahead-of-time build may take here (2 shared cores); measured: bundled 0.2-0.5 s.
 BUILD_BUDGET_S = 60
-
-
-def _resolve(module, dotted: str):
-    obj = module
-    for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def test_every_tensorrt_name_edgedx_calls_exists_in_tensorrt_rtx():
@@ -48,7 +42,7 @@ def test_every_tensorrt_name_edgedx_calls_exists_in_tensorrt_rtx():
     missing = []
     for name in names:
         try:
-            _resolve(trt, name)
+            resolve_dotted(trt, name)
         except AttributeError:
             missing.append(name)
     assert missing == [], f"tensorrt_rtx {trt.__version__} lacks {missing}"

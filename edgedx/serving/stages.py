@@ -42,8 +42,17 @@ def decode_options(manifest: Manifest, base: decode.DecodeOptions | None = None,
                                                       judges_color=use_gate and "color" in manifest.accepts)
 
 
-def prepare(data: bytes, manifest: Manifest, options: decode.DecodeOptions, use_gate: bool = True) -> Prepared:
-    """Decode (first frame), gate and preprocess one file's bytes, as ``edgedx classify`` does."""
+def layout_plan(manifest: Manifest) -> trust.Plan:
+    """The image-layout part of the OOD check for :func:`prepare` (build it once per model)."""
+    return trust.Plan(layout=ood.layout_scorer(manifest.ood))
+
+
+def prepare(data: bytes, manifest: Manifest, options: decode.DecodeOptions, use_gate: bool = True,
+            plan: trust.Plan | None = None) -> Prepared:
+    """Decode (first frame), gate and preprocess one file's bytes, as ``edgedx classify`` does.
+
+    ``plan``: :func:`layout_plan` of ``manifest``, built once by a caller that prepares many files.
+    """
     spec = manifest.preprocess
     try:
         frames = decode.decode_bytes(data, options)
@@ -51,8 +60,8 @@ def prepare(data: bytes, manifest: Manifest, options: decode.DecodeOptions, use_
         rejected = gate.check(image, info, manifest.accepts) if use_gate else None
         if rejected is None:
             sample = preprocess.resize(image, spec)
-            if use_gate and manifest.ood:  # the image-layout part of the OOD check, as classify runs it
-                rejected = trust.check_layout(trust.Plan(layout=ood.layout_scorer(manifest.ood)), sample)
+            if use_gate:  # the image-layout part of the OOD check, as classify runs it
+                rejected = trust.check_layout(plan or layout_plan(manifest), sample)
             if rejected is None:
                 return Prepared(preprocess.normalize(sample, spec))
         return Prepared(np.zeros(spec.sample_shape(), np.float32), json.dumps({"status": "rejected", "reason_code": rejected.code, "reason": rejected.detail}))

@@ -65,10 +65,11 @@ class PreprocessModel(_Step):
         super().initialize(args)
         self.use_gate = self.params.get("edgedx_gate", "true") == "true"
         self.options = stages.decode_options(self.manifest, use_gate=self.use_gate)
+        self.plan = stages.layout_plan(self.manifest)
 
     def run(self, request: Any) -> list[Any]:
         files = self.input(request, IMAGE)  # (batch, 1) object array of bytes
-        prepared = [stages.prepare(bytes(row[0]), self.manifest, self.options, self.use_gate) for row in files]
+        prepared = [stages.prepare(bytes(row[0]), self.manifest, self.options, self.use_gate, self.plan) for row in files]
         samples = np.stack([p.sample for p in prepared])
         statuses = np.array([[p.status.encode()] for p in prepared], dtype=np.object_)
         return [self.pb.Tensor(INPUT, samples), self.pb.Tensor(STATUS, statuses)]
